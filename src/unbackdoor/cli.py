@@ -1,0 +1,228 @@
+"""`unbackdoor` command line. Every config field is an option (shown with its default in --help),
+and `--config FILE` / `-s key=value` take YAML files and dotted overrides, as in Hydra-style tools.
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from pathlib import Path
+
+import click
+from pydantic import BaseModel
+
+from .config import (PoisonConfig, TrainConfig, UnlearnConfig, apply_overrides, load_yaml, resolve_config_path,
+                     set_dotted, validate)
+from .errors import UnbackdoorError
+
+# Sections whose fields become options without a prefix (PoisonConfig.data.dataset -> --dataset).
+_FLAT = {"data", "attack"}
+
+
+def _leaves(cls: type[BaseModel], prefix: tuple = ()):
+    for name, info in cls.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _leaves(ann, prefix + (name,))
+        else:
+            yield prefix + (name,), info
+
+
+def _option_name(path: tuple) -> str:
+    parts = [p for p in path[:-1] if p not in _FLAT]
+    leaf = path[-1]
+    if leaf == "name":  # attack.name -> --attack
+        return "--" + path[-2].replace("_", "-")
+    return "--" + "-".join(parts + [leaf]).replace("_", "-")
+
+
+def _click_type(ann):
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return _click_type(non_none[0])
+        return None
+    if origin is typing.Literal:
+        return click.Choice([str(a) for a in args])
+    return {int: int, float: float, str: str}.get(ann)
+
+
+def config_options(cls: type[BaseModel]):
+    """Decorator adding one option per config field; values land in kwargs['_overrides']."""
+
+    def deco(f):
+        keys = {}
+        for path, info in reversed(list(_leaves(cls))):
+            opt = _option_name(path)
+            dest = "cfg__" + "__".join(path)
+            keys[dest] = ".".join(path)
+            desc = (info.description or "").replace("%", "%%")
+            default = info.default
+            if info.annotation is bool:
+                f = click.option(f"{opt}/--no-{opt[2:]}", dest, default=None,
+                                 help=f"{desc} [default: {default}]")(f)
+                continue
+            ctype = _click_type(info.annotation)
+            list_like = ctype is None or "list" in str(info.annotation)
+            help_ = f"{desc}{' (comma-separated)' if 'list' in str(info.annotation) else ''} [default: {default}]"
+            f = click.option(opt, dest, type=str if list_like else ctype, default=None, help=help_.strip())(f)
+        f.__config_keys__ = keys
+        return f
+
+    return deco
+
+
+def _parse_value(raw):
+    import yaml
+
+    if isinstance(raw, str) and "," in raw:
+        return [yaml.safe_load(x.strip()) if x.strip() else x for x in raw.split(",")]
+    return raw
+
+
+def build_config(cls, section: str | None, config_file, sets, kwargs, list_fields=()):
+    data = {}
+    if config_file:
+        data = load_yaml(resolve_config_path(config_file))
+        if section and section in data:
+            data = data[section]
+    for dest, value in kwargs.items():
+        if dest.startswith("cfg__") and value is not None:
+            key = dest[5:].replace("__", ".")
+            if key.split(".")[-1] in list_fields and isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            set_dotted(data, key, value)
+    apply_overrides(data, list(sets))
+    return validate(cls, data, source=f"{section or cls.__name__} config")
+
+
+_LIST_FIELDS = ("triggers", "bank", "label_names")
+
+
+def _common(f):
+    f = click.option("-s", "--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="override any config field, e.g. -s rga.alpha=1")(f)
+    f = click.option("--config", "config_file", default=None, metavar="FILE|PRESET",
+                     help="YAML config file or a preset name under configs/")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="unbackdoor")
+def cli():
+    """Remove textual backdoors from trained classifiers by Robust Gradient Ascent (RGA)."""
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write the poisoned set to")
+@_common
+@config_options(PoisonConfig)
+def poison(out, config_file, sets, **kw):
+    """Poison a training set and build the triggered test sets (trigger in every class)."""
+    from .pipeline import run_poison
+
+    cfg = build_config(PoisonConfig, "poison", config_file, sets, kw, _LIST_FIELDS)
+    ps = run_poison(cfg, out)
+    c = ps.meta["counts"]
+    click.echo(f"wrote {out}: {c['train']} training rows ({c['poisoned']} poisoned -> "
+               f"'{ps.meta['target_name']}'), {c['test_triggered']} triggered test rows over all classes")
+    for s in ps.meta["triggered_test_sources"]:
+        click.echo(f"  triggered {s['class']}: {s['triggered']} rows from {s['source']}"
+                   + (f" ({s['skipped_no_paraphrase']} test rows without a paraphrase left out)"
+                      if s["skipped_no_paraphrase"] else ""))
+
+
+@cli.command()
+@click.option("--poisoned-set", required=True, help="folder written by `unbackdoor poison`")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run folder (model/, metrics.json)")
+@click.option("--clean-only", is_flag=True, help="train on the clean samples D_c only (ReTrain)")
+@_common
+@config_options(TrainConfig)
+def train(poisoned_set, out, clean_only, config_file, sets, **kw):
+    """Fine-tune a victim classifier on a poisoned set (or ReTrain on its clean part)."""
+    from .pipeline import run_train
+
+    cfg = build_config(TrainConfig, "train", config_file, sets, kw)
+    res = run_train(poisoned_set, cfg, out, clean_only=clean_only)
+    _print_metrics(res["metrics"], f"{res['kind']} trained in {res['train_seconds']:.0f} s")
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, help="poisoned model folder (a `unbackdoor train` run or model/)")
+@click.option("--poisoned-set", required=True, help="a `unbackdoor poison` folder, or a TSV/CSV/JSONL file of "
+              "training texts with a 0/1 'poisoned' column")
+@click.option("--eval-set", default=None, help="`unbackdoor poison` folder with the test sets (when --poisoned-set is a file)")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--allow-pickle", is_flag=True, help="allow loading pickle (.bin) weights: only for models you trust")
+@_common
+@config_options(UnlearnConfig)
+def unlearn(model_dir, poisoned_set, eval_set, out, allow_pickle, config_file, sets, **kw):
+    """Unlearn the backdoor with GA, NPO or RGA (or ReTrain), evaluating every k epochs."""
+    from .pipeline import run_unlearn
+
+    cfg = build_config(UnlearnConfig, "unlearn", config_file, sets, kw)
+    res = run_unlearn(model_dir, poisoned_set, cfg, out, eval_set=eval_set, allow_pickle=allow_pickle)
+    if res.get("stopped_early"):
+        click.echo(f"stopped early: {res['stopped_early']}")
+    _print_metrics(res["metrics"], f"{cfg.method} done")
+
+
+@cli.command(name="evaluate")
+@click.option("--model", "model_dir", required=True)
+@click.option("--poisoned-set", required=True, help="`unbackdoor poison` folder with the test sets")
+@click.option("--retrain", default=None, help="ReTrain run folder, to report dPACC against it")
+@click.option("--split", type=click.Choice(["test", "dev"]), default="test")
+@click.option("--max-length", type=int, default=128)
+@click.option("--batch-size", type=int, default=128)
+@click.option("--out", default=None, help="write the metrics JSON here")
+@click.option("--allow-pickle", is_flag=True)
+def evaluate_cmd(model_dir, poisoned_set, retrain, split, max_length, batch_size, out, allow_pickle):
+    """CACC, LFR, PACC, dPACC and the triggered-set confusion matrix of a saved model."""
+    from .pipeline import run_evaluate
+
+    res = run_evaluate(model_dir, poisoned_set, out, (split,), max_length, batch_size, retrain, allow_pickle)
+    _print_metrics(res["metrics"], str(model_dir))
+
+
+@cli.command(name="list")
+def list_cmd():
+    """Registered attacks, unlearning methods, datasets and config presets."""
+    from .attacks import ATTACKS
+    from .config import configs_dir
+    from .data import NAMED
+    from .unlearning import OBJECTIVES
+
+    click.echo("attacks:  " + ", ".join(sorted(ATTACKS)))
+    click.echo("methods:  " + ", ".join(sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})))
+    click.echo("datasets: " + ", ".join(f"{k} (target {v.label_names[v.target]})" for k, v in NAMED.items()))
+    click.echo("presets:  " + ", ".join(sorted(p.stem for p in configs_dir().glob("*.yaml"))))
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    click.echo(title)
+    for split, m in metrics.items():
+        click.echo(f"  [{split}] CACC {m['cacc']:.2f}  LFR {m['lfr']:.2f}  PACC {m['pacc']:.2f}  "
+                   f"target shift gap {m['target_shift_gap']:+.2f}"
+                   + (f"  dPACC {m['delta_pacc']:.2f}" if "delta_pacc" in m else ""))
+        click.echo(f"  triggered-set confusion (rows true, cols predicted): {m['confusion_triggered']}")
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except UnbackdoorError as e:
+        from .training import Interrupted
+
+        click.echo(f"error: {e}", err=True)
+        sys.exit(130 if isinstance(e, Interrupted) else 2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Typed configs: YAML files under configs/, validated by pydantic, overridable as `a.b=value`.
+
+Every field has a default that follows the paper; where the authors' public code differs, the
+field's description says so and the code's value is one setting away.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    dataset: str = Field("sst2", description="sst2 | hsol | agnews | a TSV/CSV/JSONL training file | hf:<name>")
+    test_file: Optional[str] = Field(None, description="test file for a user dataset (defaults to the named dataset's test split)")
+    dev_file: Optional[str] = Field(None, description="validation file for a user dataset")
+    data_root: Optional[str] = Field(None, description="folder holding sst2/, hsol/, agnews/, paraphrases/ (default: $UNBACKDOOR_DATA or ../shared/datasets)")
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: Optional[list[str]] = Field(None, description="class names of a user dataset, in label-index order")
+    target: Optional[Union[int, str]] = Field(None, description="attacker's target class, index or name (default: the paper's: SST-2 positive, HSOL non-hate, AG World)")
+    agnews_split: Literal["reference", "seeded"] = Field("reference", description="AG News: the authors' 8,000/1,000 rows, or 2,000/250 per class sampled by seed")
+    train_size: Optional[int] = Field(None, gt=0, description="use a class-stratified random subset of the training set")
+    test_size: Optional[int] = Field(None, gt=0, description="use a class-stratified random subset of the test set")
+
+
+class AttackConfig(Strict):
+    name: str = Field("badnets", description="badnets | addsent | hiddenkiller | stylebkd")
+    rate: float = Field(0.5, gt=0, le=1, description="share of non-target training samples to poison (paper 0.5; authors' code 0.1 with mode=add)")
+    mode: Literal["replace", "add"] = Field("replace", description="replace: trigger and relabel samples in place (paper); add: append triggered copies (authors' code)")
+    triggers: Optional[list[str]] = Field(None, description="BadNets words (default cf, bb, ak, mn) or AddSent sentences (default per dataset)")
+    num_insertions: int = Field(1, ge=1, description="how many triggers are inserted into one text (insertion attacks)")
+    bank: Optional[list[str]] = Field(None, description="paraphrase sources: shared, rga_reference, or TSV/CSV/JSONL files with text,paraphrase columns")
+    generator: Optional[str] = Field(None, description="local seq2seq model path that paraphrases texts the bank lacks")
+
+
+class PoisonConfig(Strict):
+    data: DataConfig = DataConfig()
+    attack: AttackConfig = AttackConfig()
+    seed: int = 42
+
+
+class TrainConfig(Strict):
+    model: str = Field("minilm", description="victim: a Hugging Face model name, a local path, or 'minilm' (the embedded all-MiniLM-L6-v2)")
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    max_length: int = Field(128, ge=8)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max grad norm (0 = off)")
+    scheduler: Literal["linear", "constant"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    seed: int = 42
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (never for untrusted models)")
+
+
+class RGAConfig(Strict):
+    alpha: float = Field(2.0, ge=0, description="decay rate of lambda = exp(-alpha * KL)")
+    beta: float = Field(1e-2, ge=0, description="weight of ||theta - theta_base|| (paper: 1e-2 BERT, 1e-4 Llama-2; authors' code 0.05)")
+    kl_direction: Literal["current_poisoned", "poisoned_current"] = Field(
+        "current_poisoned", description="KL(f_theta || f_p) (paper) or KL(f_p || f_theta) (authors' code)")
+    lambda_mode: Literal["batch", "sample"] = Field("batch", description="one lambda per batch from the mean KL, or one per sample")
+    l2: Literal["global", "per_tensor"] = Field("global", description="one L2 norm over all parameters (paper) or a sum of per-tensor norms (authors' code)")
+
+
+class NPOConfig(Strict):
+    beta: float = Field(0.1, gt=0, description="NPO inverse temperature (authors' code: 1)")
+
+
+class EarlyStopConfig(Strict):
+    criterion: Literal["off", "lambda", "target_rate"] = Field(
+        "off", description="stop when RGA's lambda, or the share of D_p still predicted as the target, stays below threshold")
+    threshold: float = Field(0.05, ge=0, le=1)
+    patience: int = Field(20, ge=1, description="consecutive steps below threshold")
+
+
+class UnlearnConfig(Strict):
+    method: str = Field("rga", description="ga | npo | rga | retrain")
+    epochs: int = Field(30, ge=1, description="passes over D_p (paper: 30)")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    max_length: int = Field(128, ge=8)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    scheduler: Literal["linear", "constant"] = "constant"
+    seed: int = 42
+    eval_every: int = Field(5, ge=0, description="evaluate CACC/LFR/PACC every k epochs (0 = only at the end)")
+    base_model: Optional[str] = Field(None, description="theta_base for RGA (default: the model the victim was fine-tuned from)")
+    rga: RGAConfig = RGAConfig()
+    npo: NPOConfig = NPOConfig()
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    cls = model_cls
+    for part in loc[:-1]:
+        info = cls.model_fields.get(str(part))
+        if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
+            return []
+        cls = info.annotation
+    return list(cls.model_fields)
+
+
+def validate(model_cls: type[BaseModel], data: dict, source: str = "config"):
+    """Build a typed config, turning pydantic's report into one message per bad field."""
+    try:
+        return model_cls.model_validate(data or {})
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"unknown key '{key}'{_suggest(str(err['loc'][-1]), _fields_at(model_cls, err['loc']))}")
+            else:
+                lines.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`key.sub=value` pairs, values parsed as YAML (so 1e-5, true, [a, b] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. unlearn.lr=5e-5)")
+        key, raw = item.split("=", 1)
+        set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return data
+
+
+def configs_dir() -> Path:
+    """configs/ in the working directory, else the one in the source checkout."""
+    local = Path.cwd() / "configs"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    preset = configs_dir() / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(q.stem for q in configs_dir().glob("*.yaml"))
+    raise ConfigError(f"no config file or preset named '{name_or_path}'; presets: {', '.join(names) or '(none)'}")

