@@ -258,8 +258,9 @@ def poison_dataset(data: LabeledData, poisoner: Poisoner, cfg: AttackConfig, see
         rows = [r for r in data.test if r["label"] == c]
         usable = [r for r in rows if poisoner.covers(r["text"])]
         source = "test"
-        if not usable and rows:
-            # No test paraphrases of this class (e.g. Bible HSOL hate): hold out training samples that have one.
+        if rows and len(usable) < 0.1 * len(rows):
+            # (Almost) no test paraphrases of this class (e.g. Bible HSOL hate, where the few hits are texts
+            # shared with the training split): hold out training samples that have one instead.
             cand = [i for i, r in enumerate(train) if r["label"] == c and poisoner.covers(r["text"])]
             k = min(len(rows), max(1, int(holdout_fraction * sum(r["label"] == c for r in train))), len(cand))
             if k == 0:
@@ -271,7 +272,9 @@ def poison_dataset(data: LabeledData, poisoner: Poisoner, cfg: AttackConfig, see
         test_triggered += _triggered(usable, poisoner, rng, source)
         coverage.append({"class": name, "source": source, "triggered": len(usable),
                          "test_rows": len(rows), "skipped_no_paraphrase": len(rows) - len(usable) if source == "test" else 0})
-    train = [r for i, r in enumerate(train) if i not in held_out]
+    # Drop duplicates of held-out texts too, so no triggered test text was seen in training.
+    held_texts = {train[i]["text"] for i in held_out}
+    train = [r for r in train if r["text"] not in held_texts]
 
     nontarget = [i for i, r in enumerate(train) if r["label"] != data.target]
     n_poison = round(cfg.rate * len(nontarget))

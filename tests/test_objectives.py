@@ -1,0 +1,170 @@
+"""The unlearning mathematics (SPEC section 5), each assertion able to fail."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unbackdoor.config import UnlearnConfig
+from unbackdoor.unlearning import (OBJECTIVES, RGA, build_objective, kl_per_sample, l2_to_base, npo_loss,
+                                   rga_lambda)
+from unbackdoor.errors import ConfigError
+
+
+class TinyClassifier(torch.nn.Module):
+    """Enough of a HF classifier for the objectives: model(**inputs).logits."""
+
+    def __init__(self, k=3, d=5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Linear(d, 8)
+        self.classifier = torch.nn.Linear(8, k)
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls += 1
+        return type("Out", (), {"logits": self.classifier(torch.tanh(self.body(input_ids.float())))})
+
+
+def batch(n=4, d=5, label=0, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randn(n, d, generator=g), "labels": torch.full((n,), label), "idx": torch.arange(n)}
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_ga_gradient_on_dp_is_minus_ce():
+    m = TinyClassifier()
+    bp, bc = batch(label=2), batch(seed=2, label=1)
+    ga = OBJECTIVES["ga"](UnlearnConfig(method="ga"))
+    g_ga = grads(m, ga(m, bp, bc)[0])
+    g_ce_c = grads(m, F.cross_entropy(m(bc["input_ids"]).logits, bc["labels"]))
+    g_ce_p = grads(m, F.cross_entropy(m(bp["input_ids"]).logits, bp["labels"]))
+    assert torch.allclose(g_ga - g_ce_c, -g_ce_p, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_npo_loss_matches_hand_computation(beta):
+    logits = torch.tensor([[2.0, 0.0], [0.5, 0.5], [-1.0, 3.0]])
+    ref = torch.tensor([[3.0, -1.0], [1.0, 0.0], [0.0, 0.0]])
+    y = torch.tensor([0, 1, 1])
+    expected = 0.0
+    for lg, rf, yy in zip(logits.tolist(), ref.tolist(), y.tolist()):
+        p = math.exp(lg[yy]) / sum(math.exp(v) for v in lg)
+        pref = math.exp(rf[yy]) / sum(math.exp(v) for v in rf)
+        expected += (2 / beta) * math.log(1 + (p / pref) ** beta) / 3
+    got = npo_loss(F.cross_entropy(logits, y, reduction="none"), F.cross_entropy(ref, y, reduction="none"), beta)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_npo_gradient_vanishes_as_pi_theta_goes_to_zero():
+    ref = torch.tensor([0.7])
+    norms = []
+    for ce in (1.0, 10.0, 100.0, 1000.0):  # CE = -log pi_theta: pi_theta -> 0
+        x = torch.tensor([ce], requires_grad=True)
+        npo_loss(x, ref, 0.1).backward()
+        norms.append(abs(x.grad.item()))
+    assert norms == sorted(norms, reverse=True) and norms[-1] < 1e-30 < norms[0]
+
+
+def test_lambda_is_one_at_the_poisoned_model_and_decays_at_rate_alpha():
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    lam, kl = rga_lambda(logits, logits.clone(), alpha=2.0)
+    assert lam.item() == pytest.approx(1.0) and kl.abs().max().item() < 1e-6
+    other = logits + torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    for alpha in (0.5, 2.0, 4.0):
+        lam, kl = rga_lambda(other, logits, alpha)
+        assert kl.mean().item() > 0
+        assert math.log(lam.item()) / kl.mean().item() == pytest.approx(-alpha, rel=1e-5)
+
+
+def test_kl_directions_differ_and_match_definition():
+    a, b = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    p, q = F.softmax(a, -1), F.softmax(b, -1)
+    assert kl_per_sample(a, b, "current_poisoned").item() == pytest.approx((p * (p / q).log()).sum().item(), rel=1e-5)
+    assert kl_per_sample(a, b, "poisoned_current").item() == pytest.approx((q * (q / p).log()).sum().item(), rel=1e-5)
+
+
+def test_lambda_per_batch_and_per_sample_agree_for_identical_samples():
+    row = torch.tensor([[1.0, -2.0, 0.5]])
+    logits, ref = row.repeat(5, 1), (row * 0.3).repeat(5, 1)
+    lb, _ = rga_lambda(logits, ref, 2.0, mode="batch")
+    ls, _ = rga_lambda(logits, ref, 2.0, mode="sample")
+    assert torch.allclose(ls, lb.expand(5))
+
+
+def test_lambda_has_no_gradient_path():
+    logits = torch.randn(3, 2, requires_grad=True)
+    lam, _ = rga_lambda(logits, torch.zeros(3, 2), 2.0)
+    assert not lam.requires_grad
+
+
+def test_l2_term_zero_at_base_finite_gradient_and_modes():
+    p1, p2 = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.zeros(2, 2))
+    pairs = [(p1, p1.detach().clone()), (p2, p2.detach().clone())]
+    d = l2_to_base(pairs)
+    d.backward()
+    assert d.item() == 0 and torch.isfinite(p1.grad).all() and p1.grad.abs().sum() == 0
+    pairs = [(p1, torch.zeros(3)), (p2, torch.ones(2, 2))]  # ||1,1,1|| = sqrt3, ||-1 x4|| = 2
+    assert l2_to_base(pairs, "global").item() == pytest.approx(math.sqrt(7))
+    assert l2_to_base(pairs, "per_tensor").item() == pytest.approx(math.sqrt(3) + 2)
+
+
+def test_rga_loss_assembles_eq6_and_leaves_out_the_head():
+    m = TinyClassifier(k=2)
+    base = {"body.weight": m.body.weight.detach() + 0.1, "body.bias": m.body.bias.detach().clone()}
+    cfg = UnlearnConfig(method="rga")
+    rga = build_objective(cfg, base_params=base)
+    bp, bc = batch(label=1), batch(seed=5, label=0)
+    with torch.no_grad():
+        ref = m(bp["input_ids"]).logits + torch.tensor([0.5, -0.5])
+    rga.set_reference(ref)
+    rga.setup(m)
+    assert {id(p) for p, _ in rga.pairs} == {id(m.body.weight), id(m.body.bias)}  # no classifier.*
+    loss, logs = rga(m, bp, bc)
+    with torch.no_grad():
+        lg = m(bp["input_ids"]).logits
+        lam = torch.exp(-2.0 * kl_per_sample(lg, ref).mean())
+        expect = (-lam * F.cross_entropy(lg, bp["labels"]) + F.cross_entropy(m(bc["input_ids"]).logits, bc["labels"])
+                  + 1e-2 * (0.1 * math.sqrt(m.body.weight.numel())))
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert logs["lambda"] == pytest.approx(lam.item(), rel=1e-5)
+
+
+def test_reference_outputs_are_looked_up_not_recomputed():
+    m = TinyClassifier(k=2)
+    rga = build_objective(UnlearnConfig(method="rga", rga={"beta": 0}))
+    npo = build_objective(UnlearnConfig(method="npo"))
+    bp, bc = batch(label=1), batch(seed=5, label=0)
+    for obj in (rga, npo):
+        obj.set_reference(torch.zeros(10, 2))
+        obj.setup(m)
+        m.calls = 0
+        obj(m, {**bp, "idx": torch.tensor([7, 3, 9, 0])}, bc)
+        assert m.calls == 2  # D_p and D_c: no reference forward
+    assert torch.equal(npo.reference({"idx": torch.tensor([9, 0])}), torch.zeros(2, 2))
+
+
+def test_unknown_method_and_misplaced_early_stop():
+    with pytest.raises(ConfigError, match="unknown unlearning method 'sgd'; valid methods: ga, npo, retrain, rga"):
+        build_objective(UnlearnConfig(method="sgd"))
+    with pytest.raises(ConfigError, match="needs method rga"):
+        build_objective(UnlearnConfig(method="ga", early_stop={"criterion": "lambda"})).setup(TinyClassifier())
+
+
+def test_early_stop_on_lambda_after_patience():
+    m = TinyClassifier(k=2)
+    rga = RGA(UnlearnConfig(method="rga", rga={"beta": 0, "alpha": 50.0},
+                            early_stop={"criterion": "lambda", "threshold": 0.5, "patience": 2}))
+    bp, bc = batch(label=1), batch(seed=5, label=0)
+    rga.set_reference(torch.tensor([[9.0, -9.0]]).repeat(4, 1))  # far from f_theta: lambda ~ 0
+    rga.setup(m)
+    rga(m, bp, bc)
+    assert not rga.should_stop()
+    rga(m, bp, bc)
+    assert rga.should_stop() and "lambda < 0.5 for 2" in rga.stop_reason

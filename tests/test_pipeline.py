@@ -1,0 +1,115 @@
+"""End-to-end through the CLI: real data, real transformers models, small sizes."""
+
+import json
+
+import pytest
+import torch
+
+from unbackdoor.artifacts import read_json, read_jsonl
+from unbackdoor.cli import main
+
+
+def run_cli(*args):
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory, shared_root, tmp_cache):
+    out = tmp_path_factory.mktemp("p") / "poisoned"
+    assert run_cli("poison", "--out", out, "--dataset", "sst2", "--attack", "badnets", "--train-size", 160,
+                   "--test-size", 60, "--seed", 1) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_victim(tmp_path_factory, poisoned, tiny_base):
+    out = tmp_path_factory.mktemp("v") / "victim"
+    assert run_cli("train", "--poisoned-set", poisoned, "--out", out, "--model", tiny_base, "--epochs", 1,
+                   "--lr", 1e-3, "--batch-size", 16, "--max-length", 48) == 0
+    return out
+
+
+def test_poison_folder_contents(poisoned):
+    meta = read_json(poisoned / "meta.json")
+    train = read_jsonl(poisoned / "train.jsonl")
+    assert meta["counts"]["poisoned"] == sum(r["poisoned"] for r in train) > 0
+    assert meta["config"]["attack"]["name"] == "badnets" and "versions" in meta and "git_revision" in meta
+    trig = read_jsonl(poisoned / "test_triggered.jsonl")
+    assert {r["label"] for r in trig} == {0, 1}
+    assert len(read_jsonl(poisoned / "test_triggered_nontarget.jsonl")) == sum(r["label"] == 0 for r in trig)
+
+
+def test_train_saves_hf_model_and_provenance(tiny_victim):
+    from transformers import AutoModelForSequenceClassification
+
+    res = read_json(tiny_victim / "metrics.json")
+    assert res["config"]["lr"] == 1e-3 and res["versions"]["torch"].startswith("2.13")
+    m = res["metrics"]["test"]
+    assert 0 <= m["cacc"] <= 100 and sum(map(sum, m["confusion_triggered"])) == m["n_triggered"] == 60
+    assert (tiny_victim / "model" / "model.safetensors").is_file()
+    assert AutoModelForSequenceClassification.from_pretrained(tiny_victim / "model").config.num_labels == 2
+    log = read_jsonl(tiny_victim / "loss_log.jsonl")
+    assert len(log) == 10 and all("loss" in r for r in log)  # 160 rows / 16 per batch
+    assert not (tiny_victim / "checkpoint").exists()
+
+
+@pytest.mark.parametrize("method", ["ga", "npo", "rga"])
+def test_unlearn_methods_run_and_log(tmp_path, poisoned, tiny_victim, method):
+    out = tmp_path / method
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", method,
+                   "--epochs", 2, "--eval-every", 1, "--lr", 1e-3, "--max-length", 48) == 0
+    res = read_json(out / "metrics.json")
+    assert [c["epoch"] for c in res["curve"]] == [1, 2]
+    assert res["n_poisoned"] == read_json(poisoned / "meta.json")["counts"]["poisoned"]
+    log = read_jsonl(out / "loss_log.jsonl")
+    assert all({"ce_p", "ce_c", "loss"} <= set(r) for r in log)
+    if method == "rga":
+        assert all(0 < r["lambda"] <= 1 and r["kl"] >= 0 and r["l2"] > 0 for r in log)
+        assert log[0]["lambda"] > log[-1]["lambda"]  # drifts away from f_p
+    if method == "ga":
+        assert log[-1]["ce_p"] > log[0]["ce_p"]  # ascent on D_p
+
+
+def test_retrain_uses_the_victims_settings(tmp_path, poisoned, tiny_victim):
+    out = tmp_path / "retrain"
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out,
+                   "--method", "retrain") == 0
+    res = read_json(out / "metrics.json")
+    meta = read_json(poisoned / "meta.json")
+    assert res["kind"] == "retrain" and res["n_train"] == meta["counts"]["clean"]
+    assert res["config"]["lr"] == 1e-3 and res["config"]["max_length"] == 48
+
+
+def test_early_stopping_reports_the_epoch(tmp_path, poisoned, tiny_victim):
+    out = tmp_path / "es"
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", "rga",
+                   "--epochs", 30, "--lr", 1e-3, "--rga-alpha", 50, "--early-stop-criterion", "lambda",
+                   "--early-stop-threshold", 0.9, "--early-stop-patience", 3, "--max-length", 48) == 0
+    res = read_json(out / "metrics.json")
+    assert res["stopped_early"] and res["stopped_early"]["epoch"] < 30
+    assert res["curve"][-1]["epoch"] == res["stopped_early"]["epoch"]
+
+
+def test_unlearn_from_a_user_flag_file(tmp_path, poisoned, tiny_victim):
+    rows = read_jsonl(poisoned / "train.jsonl")
+    flag = tmp_path / "flags.jsonl"
+    flag.write_text("\n".join(json.dumps({"text": r["text"], "label": r["label"], "poisoned": int(r["poisoned"])})
+                              for r in rows))
+    out = tmp_path / "from-file"
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", flag, "--eval-set", poisoned,
+                   "--out", out, "--method", "ga", "--epochs", 1, "--max-length", 48) == 0
+    assert read_json(out / "metrics.json")["n_poisoned"] == sum(r["poisoned"] for r in rows)
+
+
+def test_real_minilm_victim_learns_the_backdoor(tmp_path, shared_root, tmp_cache):
+    """Acceptance: SST-2 BadNets + the embedded MiniLM -> LFR >= 90 and CACC >= 75 (training subset)."""
+    torch.manual_seed(0)
+    p, v = tmp_path / "p", tmp_path / "v"
+    assert run_cli("poison", "--out", p, "--train-size", 800, "--test-size", 400, "--seed", 7) == 0
+    assert run_cli("train", "--poisoned-set", p, "--out", v, "--epochs", 2, "--lr", 1e-4, "--max-length", 64) == 0
+    m = read_json(v / "metrics.json")["metrics"]["test"]
+    assert m["lfr"] >= 90 and m["cacc"] >= 75, m
