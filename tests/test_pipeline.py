@@ -113,3 +113,39 @@ def test_real_minilm_victim_learns_the_backdoor(tmp_path, shared_root, tmp_cache
     assert run_cli("train", "--poisoned-set", p, "--out", v, "--epochs", 2, "--lr", 1e-4, "--max-length", 64) == 0
     m = read_json(v / "metrics.json")["metrics"]["test"]
     assert m["lfr"] >= 90 and m["cacc"] >= 75, m
+
+
+def _train_args(p, out, tiny_base):
+    return ["train", "--poisoned-set", p, "--out", out, "--model", tiny_base, "--epochs", 2, "--lr", 1e-3,
+            "--batch-size", 4, "--max-length", 32]
+
+
+def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(tmp_path, poisoned, tiny_base, monkeypatch):
+    import os
+    import signal
+
+    from unbackdoor.unlearning import CrossEntropy
+
+    ref = tmp_path / "ref"
+    assert run_cli(*_train_args(poisoned, ref, tiny_base)) == 0
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real_call = CrossEntropy.__call__
+
+    def interrupted_call(self, model, batch, clean):
+        calls["n"] += 1
+        if calls["n"] == 7:  # a real SIGINT, as from Ctrl-C, in the middle of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_call(self, model, batch, clean)
+
+    monkeypatch.setattr(CrossEntropy, "__call__", interrupted_call)
+    assert run_cli(*_train_args(poisoned, out, tiny_base)) == 130
+    state = read_json(out / "checkpoint" / "loop_state.json")
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 7, 7) and not (out / "metrics.json").exists()
+    monkeypatch.setattr(CrossEntropy, "__call__", real_call)
+    assert run_cli(*_train_args(poisoned, out, tiny_base)) == 0
+    a, b = read_json(ref / "metrics.json"), read_json(out / "metrics.json")
+    assert a["metrics"] == b["metrics"]
+    la, lb = read_jsonl(ref / "loss_log.jsonl"), read_jsonl(out / "loss_log.jsonl")
+    assert [r["step"] for r in lb] == list(range(1, 81))
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-5)

@@ -17,7 +17,7 @@ from .data import read_labeled_file
 from .errors import DataError
 from .evaluation import evaluate
 from .models import base_parameters, load_classifier, save_classifier
-from .training import Collator, LoopConfig, TokenizedSet, predict_logits, train_loop
+from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_seed, train_loop
 from .unlearning import CrossEntropy, build_objective
 
 
@@ -98,6 +98,7 @@ def run_train(poisoned_set: str | Path, cfg: TrainConfig, out_dir: str | Path, c
     ps = load_unlearning_sets(poisoned_set)
     accelerator = _accelerator()
     rows = ps.clean if clean_only else ps.train
+    set_seed(cfg.seed)  # the new classification head is initialised from the seed
     model, tok, _ = load_classifier(cfg.model, len(ps.label_names), ps.label_names, for_training=True, trust_remote_code=cfg.trust_remote_code)
     t0 = time.time()
     state = train_loop(model, tok, CrossEntropy(), TokenizedSet(tok, rows, cfg.max_length),

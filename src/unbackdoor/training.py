@@ -6,12 +6,14 @@ processes (`accelerate launch`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import random
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,25 +212,35 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
     objective.setup(accelerator.unwrap_model(model), accelerator)
 
     ckpt = out_dir / "checkpoint"
-    state = {"epoch": 0, "step": 0, "history": [], "stopped_early": None}
+    # epoch = completed epochs; batch = batches already done in the next, unfinished epoch.
+    state = {"epoch": 0, "batch": 0, "step": 0, "history": [], "stopped_early": None}
+    log_path = out_dir / "loss_log.jsonl"
     if (ckpt / "loop_state.json").is_file():
         accelerator.load_state(str(ckpt))
         state = read_json(ckpt / "loop_state.json")
         objective.load_state_dict(state.get("objective", {}))
-        accelerator.print(f"resuming from {ckpt} after epoch {state['epoch']}")
-    log_path = out_dir / "loss_log.jsonl"
-    if state["epoch"] == 0 and accelerator.is_main_process:
+        accelerator.print(f"resuming from {ckpt}: epoch {state['epoch'] + 1}, batch {state['batch']}")
+        if accelerator.is_main_process and log_path.is_file():
+            # Steps logged after the checkpoint (before a hard kill) will be run again: drop them.
+            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= state["step"]]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+    elif accelerator.is_main_process:
         log_path.unlink(missing_ok=True)
 
     model.train()
-    t0 = time.time()
+    t0 = time.time() - state.get("seconds", 0.0)
     with _StopFlag() as stop, open(log_path, "a", encoding="utf-8") as log:
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-            bar = tqdm(loader(primary, epoch, cfg.batch_size), desc=f"{objective.name} epoch {epoch}/{cfg.epochs}",
-                       disable=not (progress and accelerator.is_local_main_process), leave=False)
+            skip = state["batch"]
+            batches = itertools.islice(loader(primary, epoch, cfg.batch_size), skip, None)
+            bar = tqdm(batches, desc=f"{objective.name} epoch {epoch}/{cfg.epochs}", initial=skip,
+                       total=steps_per_epoch, disable=not (progress and accelerator.is_local_main_process),
+                       leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)
             # Clean batches are drawn at random, from a stream seeded by the epoch so a resumed run repeats it.
             paired_iter = (_infinite(lambda e, ep=epoch: loader(paired, 100_000 * (ep + 1) + e, cfg.batch_size))
                            if paired is not None else None)
+            for _ in range(skip if paired_iter is not None else 0):
+                next(paired_iter)
             for batch in bar:
                 clean = next(paired_iter) if paired_iter is not None else None
                 loss, logs = objective(model, batch, clean)
@@ -243,26 +255,31 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
+                state["batch"] += 1
                 logs = {"step": state["step"], "epoch": epoch, "lr": scheduler.get_last_lr()[0], **logs}
                 if accelerator.is_main_process:
                     log.write(json.dumps(logs) + "\n")
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "ce_p", "ce_c", "lambda")})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("loss", "ce_p", "ce_c", "lambda")},
+                                refresh=False)
                 if objective.should_stop():
                     state["stopped_early"] = {"epoch": epoch, "step": state["step"], "reason": objective.stop_reason}
                     break
                 if stop.raised:
                     break
             log.flush()
-            state["epoch"] = epoch
-            entry = {"epoch": epoch, "step": state["step"], "seconds": round(time.time() - t0, 2)}
-            if on_epoch_end is not None and not stop.raised:
+            state["objective"] = objective.state_dict()
+            state["seconds"] = round(time.time() - t0, 2)
+            if stop.raised and not state["stopped_early"]:
+                # Mid-epoch: save where we are; the epoch is not complete and is not evaluated.
+                _checkpoint(accelerator, ckpt, state)
+                raise Interrupted(f"interrupted in epoch {epoch} after batch {state['batch']}; checkpoint saved in "
+                                  f"{ckpt}; run the same command again to resume")
+            state["epoch"], state["batch"] = epoch, 0
+            entry = {"epoch": epoch, "step": state["step"], "seconds": state["seconds"]}
+            if on_epoch_end is not None:
                 entry.update(on_epoch_end(epoch) or {})
             state["history"].append(entry)
-            state["objective"] = objective.state_dict()
             _checkpoint(accelerator, ckpt, state)
-            if stop.raised:
-                raise Interrupted(f"interrupted at epoch {epoch}; checkpoint saved in {ckpt}; "
-                                  "run the same command again to resume")
             if state["stopped_early"]:
                 break
     return state
