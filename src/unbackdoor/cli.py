@@ -185,6 +185,49 @@ def evaluate_cmd(model_dir, poisoned_set, retrain, split, max_length, batch_size
     _print_metrics(res["metrics"], str(model_dir))
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("config_file", metavar="CONFIG")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--no-report", is_flag=True, help="do not write the report when the grid is done")
+def run(config_file, overrides, no_report):
+    """Run an experiment grid (datasets x attacks x methods x seeds) from a YAML file or preset.
+
+    Finished cells are skipped and an interrupted one resumes, so re-running the same command
+    completes a grid that was stopped. Overrides look like unlearn.lr=5e-5 or seeds=[1,2,3].
+    """
+    from .reporting import write_report
+    from .runner import ExperimentConfig, run_experiment
+
+    data = apply_overrides(load_yaml(resolve_config_path(config_file)), list(overrides))
+    cfg = validate(ExperimentConfig, data, source=str(config_file))
+    run_experiment(cfg, log=click.echo)
+    if not no_report:
+        click.echo(f"report: {write_report(cfg.output_dir)}")
+
+
+@cli.command()
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, help="report folder [default: RESULTS_DIR/report]")
+@click.option("--split", type=click.Choice(["test", "dev"]), default="test")
+@click.option("--linear", is_flag=True, help="linear instead of log scale for the poisoned-loss figure")
+def report(results_dir, out, split, linear):
+    """Paper-style table (Markdown, CSV, LaTeX), figures and report.md from a results folder."""
+    from .reporting import write_report
+
+    click.echo(f"wrote {write_report(results_dir, out, split, log_scale=not linear)}")
+
+
+@cli.command()
+@click.option("--out", default="runs/demo", help="results folder")
+@click.option("-s", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a demo setting")
+def demo(out, sets):
+    """The main job on the embedded defaults: poison SST-2 with BadNets, train MiniLM, unlearn with GA
+    and RGA, compare with ReTrain, and write the report."""
+    from .demo import run_demo
+
+    run_demo(out, list(sets))
+
+
 @cli.command(name="list")
 def list_cmd():
     """Registered attacks, unlearning methods, datasets and config presets."""

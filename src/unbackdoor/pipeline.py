@@ -152,7 +152,6 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
             return {"eval": m}
         return {}
 
-    initial = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
     t0 = time.time()
     state = train_loop(model, tok, objective, primary,
                        LoopConfig(cfg.epochs, cfg.lr, cfg.batch_size, cfg.grad_clip, cfg.weight_decay, cfg.scheduler,
@@ -167,7 +166,7 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
     out_meta = {**meta, "role": f"unlearned-{cfg.method}", "unlearn_config": cfg.model_dump(),
                 "poisoned_model": str(model_dir)}
     result = {"kind": cfg.method, "metrics": {k: v for k, v in final.items() if k != "epoch"},
-              "initial_metrics": initial, "curve": curve, "history": state["history"],
+              "curve": curve, "history": state["history"],
               "stopped_early": state["stopped_early"], "unlearn_seconds": round(seconds, 1),
               "n_poisoned": len(dp), "n_clean": len(dc), "config": cfg.model_dump(), "model": str(model_dir),
               "poisoned_set": str(poisoned_set), "poison_meta": ps.meta, **provenance()}

@@ -1,0 +1,278 @@
+"""Paper-style tables (Markdown, CSV, LaTeX) and figures (PNG + PDF) from a results folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .artifacts import atomic_write_text, read_jsonl
+from .evaluation import delta_pacc
+
+METHOD_ORDER = ["victim", "retrain", "ga", "npo", "rga"]
+METHOD_NAMES = {"victim": "Poisoned", "retrain": "ReTrain", "ga": "GA", "npo": "NPO", "rga": "RGA"}
+COLUMNS = [("cacc", "CACC"), ("lfr", "LFR"), ("pacc", "PACC"), ("delta_pacc", "ΔPACC"),
+           ("target_shift_gap", "Shift gap")]
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(results: list[dict], split: str = "test") -> list[dict]:
+    """One row per (dataset, attack, method): mean and std over seeds; dPACC against ReTrain of the same seed."""
+    retrain = {(r["dataset"], r["attack"], r["seed"]): r["metrics"][split] for r in results
+               if r["method"] == "retrain" and split in r["metrics"]}
+    groups = defaultdict(list)
+    for r in results:
+        m = r["metrics"].get(split)
+        if m is None:
+            continue
+        m = dict(m)
+        ref = retrain.get((r["dataset"], r["attack"], r["seed"]))
+        m["delta_pacc"] = delta_pacc(m, ref) if ref else None
+        groups[(r["dataset"], r["attack"], r["method"])].append(m)
+    rows = []
+    for (dataset, attack, method), ms in groups.items():
+        row = {"dataset": dataset, "attack": attack, "method": method, "seeds": len(ms)}
+        for key, _ in COLUMNS:
+            row[key], row[key + "_std"] = _mean_std([m.get(key) for m in ms])
+        rows.append(row)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rows.sort(key=lambda r: (r["dataset"], r["attack"], order.get(r["method"], 99)))
+    return rows
+
+
+def _best_delta(rows):
+    best = {}
+    for r in rows:
+        if r["method"] in ("ga", "npo", "rga") and r["delta_pacc"] is not None:
+            k = (r["dataset"], r["attack"])
+            best[k] = min(best.get(k, float("inf")), r["delta_pacc"])
+    return best
+
+
+def _is_best(row, best) -> bool:
+    return row["method"] in ("ga", "npo", "rga") and row["delta_pacc"] == best.get((row["dataset"], row["attack"]))
+
+
+def _fmt(mean, std, seeds):
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if seeds > 1 else "")
+
+
+def table_markdown(rows) -> str:
+    best = _best_delta(rows)
+    head = "| dataset | attack | method | " + " | ".join(n for _, n in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    for r in rows:
+        cells = []
+        for key, _ in COLUMNS:
+            s = _fmt(r[key], r[key + "_std"], r["seeds"])
+            if key == "delta_pacc" and _is_best(r, best):
+                s = f"**{s}**"
+            cells.append(s)
+        lines.append(f"| {r['dataset']} | {r['attack']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(rows) -> str:
+    buf = io.StringIO()
+    keys = ["dataset", "attack", "method", "seeds"] + [k for c, _ in COLUMNS for k in (c, c + "_std")]
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def table_latex(rows) -> str:
+    best = _best_delta(rows)
+    out = ["\\begin{tabular}{lll" + "r" * len(COLUMNS) + "}", "\\toprule",
+           "Dataset & Attack & Method & " + " & ".join(n.replace("Δ", "$\\Delta$") for _, n in COLUMNS)
+           + " \\\\", "\\midrule"]
+    for r in rows:
+        cells = []
+        for key, _ in COLUMNS:
+            s = _fmt(r[key], r[key + "_std"], r["seeds"]).replace("±", "$\\pm$")
+            if key == "delta_pacc" and _is_best(r, best):
+                s = f"\\textbf{{{s}}}"
+            cells.append(s)
+        out.append(f"{r['dataset']} & {r['attack']} & {METHOD_NAMES.get(r['method'], r['method'])} & "
+                   + " & ".join(cells) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- figures
+
+def _save(fig, path: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outs = []
+    for ext in ("png", "pdf"):
+        p = path.with_suffix(f".{ext}")
+        tmp = p.with_name(f".{p.stem}.tmp.{ext}")
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        tmp.replace(p)
+        outs.append(p)
+    plt.close(fig)
+    return outs
+
+
+def _per_epoch(log: list[dict], key: str) -> tuple[list[int], list[float]]:
+    by = defaultdict(list)
+    for r in log:
+        if key in r:
+            by[r["epoch"]].append(r[key])
+    epochs = sorted(by)
+    return epochs, [statistics.fmean(by[e]) for e in epochs]
+
+
+def figure_poisoned_loss(cell_results: dict[str, dict], path: Path, log_scale: bool = True):
+    """Paper Figure 4: CE on D_p (w.r.t. the poisoned label) per unlearning epoch, GA vs NPO vs RGA."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for method in ("ga", "npo", "rga"):
+        if method in cell_results:
+            e, v = _per_epoch(read_jsonl(cell_results[method]["dir"] / "loss_log.jsonl"), "ce_p")
+            ax.plot(e, v, marker="o", ms=3, label=METHOD_NAMES[method])
+    ax.set_xlabel("unlearning epoch")
+    ax.set_ylabel("poisoned loss CE(D_p)")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Poisoned-set loss during unlearning")
+    return fig, _save(fig, path)
+
+
+def figure_confusions(cell_results: dict[str, dict], label_names: list[str], path: Path, split: str = "test"):
+    """Paper Figure 3: confusion matrices on the all-class triggered test set."""
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHOD_ORDER if m in cell_results and split in cell_results[m]["metrics"]]
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 2.8), squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        cm = cell_results[m]["metrics"][split]["confusion_triggered"]
+        ax.imshow(cm, cmap="Blues")
+        for i, row in enumerate(cm):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(label_names)), label_names, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(label_names)), label_names, fontsize=7)
+        ax.set_title(METHOD_NAMES.get(m, m), fontsize=9)
+        ax.set_xlabel("predicted", fontsize=7)
+    axes[0][0].set_ylabel("true (triggered)", fontsize=7)
+    fig.suptitle("Triggered test set, trigger in every class", fontsize=9)
+    return fig, _save(fig, path)
+
+
+def figure_training_dynamics(result: dict, path: Path, split: str = "test"):
+    """Paper Figure 2: clean and poisoned loss per epoch, and clean F1 per evaluation epoch."""
+    import matplotlib.pyplot as plt
+
+    log = read_jsonl(result["dir"] / "loss_log.jsonl")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for key, name in (("ce_c", "clean loss CE(D_c)"), ("ce_p", "poisoned loss CE(D_p)")):
+        e, v = _per_epoch(log, key)
+        a1.plot(e, v, marker="o", ms=3, label=name)
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.legend(fontsize=7)
+    curve = [c for c in result.get("curve", []) if split in c]
+    a2.plot([c["epoch"] for c in curve], [c[split]["f1_clean"] for c in curve], marker="o", label="clean F1")
+    a2.plot([c["epoch"] for c in curve], [c[split]["pacc"] for c in curve], marker="s", label="PACC")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("%")
+    a2.legend(fontsize=7)
+    fig.suptitle(f"{METHOD_NAMES.get(result['method'], result['method'])}: unlearning dynamics", fontsize=9)
+    return fig, _save(fig, path)
+
+
+def figure_lambda(result: dict, path: Path):
+    """RGA's adaptive weight lambda per step."""
+    import matplotlib.pyplot as plt
+
+    log = [r for r in read_jsonl(result["dir"] / "loss_log.jsonl") if "lambda" in r]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([r["step"] for r in log], [r["lambda"] for r in log], label="λ = exp(-α·KL)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("λ")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("RGA: weight of the ascent term")
+    return fig, _save(fig, path)
+
+
+# ---------------------------------------------------------------- the report
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None, split: str = "test",
+                 log_scale: bool = True, extra_md: str = "") -> Path:
+    from .runner import load_results
+
+    results_dir = Path(results_dir)
+    out = Path(out_dir) if out_dir else results_dir / "report"
+    results = load_results(results_dir)
+    if not results:
+        from .errors import DataError
+
+        raise DataError(f"{results_dir}: no finished runs (no */*/seed*/*/metrics.json)")
+    rows = summarise(results, split)
+    atomic_write_text(out / "table.md", table_markdown(rows))
+    atomic_write_text(out / "table.csv", table_csv(rows))
+    atomic_write_text(out / "table.tex", table_latex(rows))
+    md = [f"# Backdoor unlearning report: `{results_dir}`", "",
+          "Columns (percent, on the test split): **CACC** clean accuracy; **LFR** share of triggered non-target "
+          "samples predicted as the target (lower = backdoor removed); **PACC** accuracy on the triggered test set "
+          "with the trigger in *every* class (true labels); **ΔPACC** |PACC − PACC(ReTrain)| (lower = closer to "
+          "a model never poisoned; best in bold); **Shift gap** target-class recall on clean minus on triggered "
+          "inputs (large = trigger shifting: triggered target-class samples flipped away).", "",
+          table_markdown(rows), extra_md]
+    cells = defaultdict(dict)
+    for r in results:
+        cells[(r["dataset"], r["attack"], r["seed"])][r["method"]] = r
+    for (dataset, attack, seed), cell in sorted(cells.items()):
+        fig_dir = out / "figures" / f"{dataset}-{attack}-seed{seed}"
+        labels = cell[next(iter(cell))]["poison_meta"]["label_names"]
+        md += [f"## {dataset} / {attack} / seed {seed}", ""]
+        if split in cell.get("victim", {}).get("metrics", {}):
+            md.append(_shift_sentence(cell, split) + "\n")
+        _, paths = figure_confusions(cell, labels, fig_dir / "confusion")
+        md.append(f"![confusion matrices]({paths[0].relative_to(out)})\n")
+        if any(m in cell for m in ("ga", "npo", "rga")):
+            _, paths = figure_poisoned_loss(cell, fig_dir / "poisoned_loss", log_scale)
+            md.append(f"![poisoned loss]({paths[0].relative_to(out)})\n")
+        for m in ("ga", "npo", "rga"):
+            if m in cell:
+                _, paths = figure_training_dynamics(cell[m], fig_dir / f"dynamics_{m}", split)
+                md.append(f"![{m} dynamics]({paths[0].relative_to(out)})\n")
+        if "rga" in cell:
+            _, paths = figure_lambda(cell["rga"], fig_dir / "rga_lambda")
+            md.append(f"![rga lambda]({paths[0].relative_to(out)})\n")
+    atomic_write_text(out / "report.md", "\n".join(md))
+    return out / "report.md"
+
+
+def _shift_sentence(cell: dict, split: str) -> str:
+    """One sentence per unlearning method: did the trigger move to another class?"""
+    ref = cell.get("retrain", {}).get("metrics", {}).get(split)
+    parts = []
+    for m in ("ga", "npo", "rga"):
+        if m not in cell or split not in cell[m]["metrics"]:
+            continue
+        mm = cell[m]["metrics"][split]
+        shifted = mm["target_shift_gap"] > 10 and (ref is None or mm["pacc"] < ref["pacc"] - 3)
+        gap = mm["target_shift_gap"]
+        verdict = "**trigger shifting**" if shifted else "no trigger shifting"
+        parts.append(f"{METHOD_NAMES[m]}: {verdict} (target-class shift gap {gap:+.1f} points, PACC {mm['pacc']:.1f}"
+                     + (f" vs ReTrain {ref['pacc']:.1f}" if ref else "") + ")")
+    return "; ".join(parts) + "." if parts else ""

@@ -1,0 +1,107 @@
+"""`unbackdoor run`: a grid of datasets x attacks x seeds x methods, sharing what can be shared.
+
+One poisoned set, one victim and one ReTrain per (dataset, attack, seed); every unlearning method
+starts from that victim. Each finished stage leaves a metrics.json; re-running the same command
+skips those and resumes an interrupted stage from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field
+
+from .artifacts import read_json, write_json
+from .config import AttackConfig, DataConfig, Strict, TrainConfig, UnlearnConfig, validate
+from .errors import ConfigError
+
+
+class PoisonSection(Strict):
+    data: DataConfig = DataConfig()
+    attack: AttackConfig = AttackConfig()
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    output_dir: str = Field("runs/experiment", description="results folder (one sub-folder per cell)")
+    datasets: list[str] = ["sst2"]
+    attacks: list[str] = ["badnets"]
+    methods: list[str] = ["retrain", "ga", "npo", "rga"]
+    seeds: list[int] = [42]
+    eval_splits: list[str] = ["test"]
+    poison: PoisonSection = PoisonSection()
+    train: TrainConfig = TrainConfig()
+    unlearn: UnlearnConfig = UnlearnConfig()
+    method_overrides: dict[str, dict] = Field(default_factory=dict, description="per-method unlearn settings, e.g. {ga: {lr: 5e-5}}")
+    detector: Optional[str] = None
+
+
+def cell_dir(cfg: ExperimentConfig, dataset: str, attack: str, seed: int) -> Path:
+    return Path(cfg.output_dir) / dataset / attack / f"seed{seed}"
+
+
+def _done(path: Path) -> bool:
+    return (path / "metrics.json").is_file()
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> list[Path]:
+    from .pipeline import run_poison, run_train, run_unlearn
+    from .config import PoisonConfig
+
+    from .attacks import ATTACKS
+    from .unlearning import OBJECTIVES
+
+    valid_methods = sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})
+    for m in cfg.methods:
+        if m not in valid_methods:
+            raise ConfigError(f"methods: unknown method '{m}'; valid methods: {', '.join(valid_methods)}")
+    for a in cfg.attacks:
+        if a not in ATTACKS:
+            raise ConfigError(f"attacks: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "experiment.json", cfg.model_dump())
+    finished = []
+    for dataset in cfg.datasets:
+        for attack in cfg.attacks:
+            for seed in cfg.seeds:
+                cell = cell_dir(cfg, dataset, attack, seed)
+                tag = f"{dataset}/{attack}/seed{seed}"
+                pcfg = PoisonConfig(data=cfg.poison.data.model_copy(update={"dataset": dataset}),
+                                    attack=cfg.poison.attack.model_copy(update={"name": attack}), seed=seed)
+                if not (cell / "poisoned" / "meta.json").is_file():
+                    log(f"[{tag}] poisoning")
+                    run_poison(pcfg, cell / "poisoned")
+                tcfg = cfg.train.model_copy(update={"seed": seed})
+                for stage, clean_only in (("victim", False), ("retrain", True)):
+                    if stage == "retrain" and "retrain" not in cfg.methods:
+                        continue
+                    if not _done(cell / stage):
+                        log(f"[{tag}] training {stage}")
+                        run_train(cell / "poisoned", tcfg, cell / stage, clean_only=clean_only,
+                                  eval_splits=tuple(cfg.eval_splits), progress=progress)
+                    finished.append(cell / stage)
+                for method in cfg.methods:
+                    if method == "retrain":
+                        continue
+                    data = cfg.unlearn.model_dump()
+                    data.update(method=method, seed=seed, **cfg.method_overrides.get(method, {}))
+                    ucfg = validate(UnlearnConfig, data, f"unlearn config for {method}")
+                    if not _done(cell / method):
+                        log(f"[{tag}] unlearning with {method}")
+                        run_unlearn(cell / "victim", cell / "poisoned", ucfg, cell / method,
+                                    eval_splits=tuple(cfg.eval_splits), progress=progress)
+                    finished.append(cell / method)
+    return finished
+
+
+def load_results(results_dir: str | Path) -> list[dict]:
+    """Every finished stage under a results folder, tagged with dataset, attack, seed and method."""
+    rows = []
+    for metrics in sorted(Path(results_dir).glob("*/*/seed*/*/metrics.json")):
+        stage = metrics.parent
+        res = read_json(metrics)
+        rows.append({"dataset": stage.parents[2].name, "attack": stage.parents[1].name,
+                     "seed": int(stage.parent.name[4:]), "method": stage.name, "dir": stage, **res})
+    return rows
