@@ -217,7 +217,7 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
     log_path = out_dir / "loss_log.jsonl"
     if (ckpt / "loop_state.json").is_file():
         accelerator.load_state(str(ckpt))
-        state = read_json(ckpt / "loop_state.json")
+        state = {"batch": 0, **read_json(ckpt / "loop_state.json")}
         objective.load_state_dict(state.get("objective", {}))
         accelerator.print(f"resuming from {ckpt}: epoch {state['epoch'] + 1}, batch {state['batch']}")
         if accelerator.is_main_process and log_path.is_file():
