@@ -86,3 +86,10 @@ def test_stratified_sample_keeps_proportions():
     rows = [{"text": str(i), "label": int(i < 30)} for i in range(100)]
     s = stratified_sample(rows, n=50, seed=0)
     assert len(s) == 50 and sum(r["label"] for r in s) == 15
+
+
+def test_hf_dataset_offline_error_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"could not load Hugging Face dataset 'glue'.*needs internet access"):
+        load_data(DataConfig(dataset="hf:glue"))
