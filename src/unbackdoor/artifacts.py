@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -25,8 +26,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def _finite(o: Any) -> Any:
+    # NaN/inf are not JSON and never a valid metric: an undefined value (e.g. LFR with no non-target
+    # samples) is written as null.
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    text = json.dumps(_finite(json.loads(json.dumps(obj, default=_jsonable))), indent=2, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

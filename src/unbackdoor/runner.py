@@ -7,6 +7,7 @@ skips those and resumes an interrupted stage from its checkpoint.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +46,21 @@ def _done(path: Path) -> bool:
     return (path / "metrics.json").is_file()
 
 
+def repair(folder: Path, log=print) -> None:
+    """Remove what a crash can leave: half-written temporary files and folders (never the results,
+    which only appear by an atomic rename). A stage folder without metrics.json is resumed from its
+    checkpoint, never merged with a finished one."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    for p in sorted(folder.rglob(".*.tmp*")) + sorted(folder.rglob("checkpoint.tmp")) + \
+            sorted(folder.rglob("checkpoint.old")):
+        if p.exists():
+            log(f"removing {p} left by an interrupted run")
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> list[Path]:
     from .pipeline import run_poison, run_train, run_unlearn
     from .config import PoisonConfig
@@ -61,6 +77,15 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
             raise ConfigError(f"attacks: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / "experiment.json"
+    if previous.is_file():
+        old = read_json(previous)
+        changed = sorted(k for k in ("poison", "train", "unlearn", "method_overrides")
+                         if old.get(k) != json.loads(json.dumps(cfg.model_dump()[k])))
+        if changed:
+            raise ConfigError(f"{out} holds results of a different experiment (sections {changed} differ from "
+                              f"{previous}); use a new output_dir rather than mixing them")
+    repair(out, log)
     write_json(out / "experiment.json", cfg.model_dump())
     finished = []
     for dataset in cfg.datasets:

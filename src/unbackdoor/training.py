@@ -229,7 +229,7 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
 
     model.train()
     t0 = time.time() - state.get("seconds", 0.0)
-    with _StopFlag() as stop, open(log_path, "a", encoding="utf-8") as log:
+    with _StopFlag() as stop, open(log_path, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: tail -f works
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             skip = state["batch"]
             batches = itertools.islice(loader(primary, epoch, cfg.batch_size), skip, None)
