@@ -93,3 +93,9 @@ def test_hf_dataset_offline_error_says_so(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match=r"could not load Hugging Face dataset 'glue'.*needs internet access"):
         load_data(DataConfig(dataset="hf:glue"))
+
+
+def test_folder_instead_of_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match=r"data: not a file"):
+        read_labeled_file(tmp_path / "data")

@@ -123,6 +123,11 @@ def test_bad_paraphrase_bank_and_bad_flag_files(tmp_path, poisoned, tiny_victim,
         assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", f, "--eval-set", poisoned,
                        "--out", tmp_path / "u") == 2
         assert msg in capsys.readouterr().err
+    bad = tmp_path / "flags.tsv"
+    bad.write_text("text\tlabel\tpoisoned\na b\t1\t1\nc d\t0\t0\ne f\t0\tyes\n")
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", bad, "--eval-set", poisoned,
+                   "--out", tmp_path / "u") == 2
+    assert "flags.tsv: line 4: column 'poisoned' must be 0/1 or true/false, got 'yes'" in capsys.readouterr().err
 
 
 def test_crash_leftovers_repaired_and_other_experiments_not_merged(tmp_path, tiny_base, capsys, shared_root):
