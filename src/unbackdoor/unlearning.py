@@ -50,6 +50,18 @@ def npo_loss(ce_theta: torch.Tensor, ce_ref: torch.Tensor, beta: float) -> torch
     return -(2.0 / beta) * F.logsigmoid(beta * (ce_theta - ce_ref)).mean()
 
 
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    # sqrt with gradient 0 (not inf/NaN) at 0, e.g. when LoRA's B starts at zero.
+    return torch.where(x > 0, torch.sqrt(x.clamp_min(1e-30)), torch.zeros_like(x))
+
+
+def lora_update_norms(layers) -> torch.Tensor:
+    """||scale * B @ A||_F for each adapted module, without forming the (out x in) update:
+    ||BA||_F^2 = sum((B^T B) * (A A^T)), two r x r matrices."""
+    sq = [(s * s) * ((B.t() @ B) * (A @ A.t())).sum() for _, B, A, s in layers]
+    return _safe_sqrt(torch.stack(sq))
+
+
 def l2_to_base(pairs: list[tuple[torch.Tensor, torch.Tensor]], mode: str = "global") -> torch.Tensor:
     """||theta - theta_base||_2 over the paired tensors (global), or the sum of per-tensor norms."""
     norms = torch.stack([torch.linalg.vector_norm(p - b) for p, b in pairs])
@@ -172,7 +184,10 @@ class RGA(Objective):
 
     def setup(self, model, accelerator=None):
         super().setup(model, accelerator)
-        if self.cfg.rga.beta > 0:
+        from .models import is_peft, lora_layers
+
+        self.lora = lora_layers(model) if is_peft(model) else []
+        if self.cfg.rga.beta > 0 and not self.lora:
             if not self.base_params:
                 raise RuntimeError("rga: theta_base parameters are needed when rga.beta > 0")
             named = dict(model.named_parameters())
@@ -188,7 +203,13 @@ class RGA(Objective):
         ce_c = _ce_clean(model, clean)
         loss = forget + ce_c
         logs = {"ce_p": ce_p.item(), "ce_c": ce_c.item(), "lambda": lam.mean().item(), "kl": kl.mean().item()}
-        if self.pairs:
+        if self.lora and r.beta > 0:
+            # Under LoRA theta - theta_base is exactly the adapters' update (the head is left out).
+            norms = lora_update_norms(self.lora)
+            dist = torch.linalg.vector_norm(norms) if r.l2 == "global" else norms.sum()
+            loss = loss + r.beta * dist
+            logs["l2"] = dist.item()
+        elif self.pairs:
             dist = l2_to_base(self.pairs, r.l2)
             loss = loss + r.beta * dist
             logs["l2"] = dist.item()
