@@ -47,7 +47,8 @@ def encode(tokenizer, texts: list[str], max_length: int, cache: bool = True) -> 
             return torch.load(path, weights_only=True)
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    # add_special_tokens explicitly: whether BOS/CLS is added must not depend on the transformers version.
+    enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     out = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
     if cache:
