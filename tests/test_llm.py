@@ -137,3 +137,19 @@ def test_npo_and_rga_run_end_to_end_on_the_llama(tmp_path, llama_victim, method)
     if method == "rga":
         assert all(r["l2"] > 0 for r in log) and "lambda" in log[0]
     assert (out / "adapter").is_dir() and (out / "model" / "model.safetensors").is_file()
+
+
+def test_embedded_smollm2_converts_once_and_classifies(llama_tok, tmp_cache):
+    from unbackdoor.models import load_classifier, resolve_model
+    from unbackdoor.training import Collator, TokenizedSet, forward_logits
+
+    path = resolve_model("smollm2")
+    assert path.startswith(str(tmp_cache)) and (tmp_cache / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    assert resolve_model("llm") == path  # converted once, then reused
+    model, tok, _ = load_classifier("smollm2", 2, ["negative", "positive"], for_training=True)
+    assert type(model).__name__ == "LlamaForSequenceClassification" and model.config.hidden_size == 576
+    assert model.config.pad_token_id == tok.pad_token_id is not None
+    ds = TokenizedSet(tok, [{"text": "a fine film", "label": 1}, {"text": "dull", "label": 0}], 32)
+    with torch.no_grad():
+        logits = forward_logits(model.eval(), Collator(tok)([ds[0], ds[1]]))
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
