@@ -164,13 +164,9 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
     if objective.needs_reference:
         # f_p's outputs on D_p, once, before any update: no second model is kept or run afterwards.
         objective.set_reference(predict_logits(model, primary, Collator(tok), cfg.eval_batch_size))
-    curve = []
-
     def on_epoch_end(epoch):
-        if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs:
-            m = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
-            curve.append({"epoch": epoch, **m})
-            return {"eval": m}
+        if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs or objective.should_stop():
+            return {"eval": _evaluate(model, tok, ps, cfg, accelerator, eval_splits)}
         return {}
 
     t0 = time.time()
@@ -180,9 +176,8 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
                        out_dir, paired=TokenizedSet(tok, dc, cfg.max_length), on_epoch_end=on_epoch_end,
                        accelerator=accelerator, progress=progress)
     seconds = time.time() - t0
-    if state["stopped_early"] and (not curve or curve[-1]["epoch"] != state["epoch"]):
-        curve.append({"epoch": state["epoch"], **_evaluate(model, tok, ps, cfg, accelerator, eval_splits)})
-    curve = [{"epoch": h["epoch"], **h["eval"]} for h in state["history"] if "eval" in h] or curve
+    # From the loop's history, which survives a resume, rather than from this process's memory.
+    curve = [{"epoch": h["epoch"], **h["eval"]} for h in state["history"] if "eval" in h]
     final = curve[-1] if curve else {}
     out_meta = {**meta, "role": f"unlearned-{cfg.method}", "unlearn_config": cfg.model_dump(),
                 "poisoned_model": str(model_dir)}
