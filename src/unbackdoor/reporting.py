@@ -246,6 +246,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, spl
         md += [f"## {dataset} / {attack} / seed {seed}", ""]
         if split in cell.get("victim", {}).get("metrics", {}):
             md.append(_shift_sentence(cell, split) + "\n")
+        md.append(curve_table(cell, split))
         _, paths = figure_confusions(cell, labels, fig_dir / "confusion")
         md.append(f"![confusion matrices]({paths[0].relative_to(out)})\n")
         if any(m in cell for m in ("ga", "npo", "rga")):
@@ -260,6 +261,26 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, spl
             md.append(f"![rga lambda]({paths[0].relative_to(out)})\n")
     atomic_write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
+
+
+def curve_table(cell: dict, split: str = "test") -> str:
+    """Metrics at every evaluated unlearning epoch, with the poisoned model as epoch 0."""
+    lines = ["| method | epoch | CACC | LFR | PACC | shift gap | triggered confusion |", "|---|---|---|---|---|---|---|"]
+
+    def row(name, epoch, m):
+        lines.append(f"| {name} | {epoch} | {m['cacc']:.2f} | {m['lfr']:.2f} | {m['pacc']:.2f} | "
+                     f"{m['target_shift_gap']:+.2f} | {m['confusion_triggered']} |")
+
+    for key, epoch in (("victim", 0), ("retrain", "–")):
+        if split in cell.get(key, {}).get("metrics", {}):
+            row(METHOD_NAMES[key], epoch, cell[key]["metrics"][split])
+    for m in ("ga", "npo", "rga"):
+        for point in cell.get(m, {}).get("curve", []):
+            if split in point:
+                row(METHOD_NAMES[m], point["epoch"], point[split])
+        if cell.get(m, {}).get("unlearn_seconds") is not None:
+            lines.append(f"| {METHOD_NAMES[m]} wall time | {cell[m]['unlearn_seconds']:.0f} s | | | | | |")
+    return "\n".join(lines) + "\n"
 
 
 def _shift_sentence(cell: dict, split: str) -> str:
