@@ -106,11 +106,13 @@ def test_unlearn_from_a_user_flag_file(tmp_path, poisoned, tiny_victim):
 
 
 def test_real_minilm_victim_learns_the_backdoor(tmp_path, shared_root, tmp_cache):
-    """Acceptance: SST-2 BadNets + the embedded MiniLM -> LFR >= 90 and CACC >= 75 (training subset)."""
-    torch.manual_seed(0)
+    """Acceptance: SST-2 BadNets (50% of negatives poisoned) + the embedded MiniLM -> LFR >= 90 and
+    CACC >= 75, on a 2,000-row training subset (2 epochs at lr 1e-4 with 10% warm-up, ~2 min on 2 cores;
+    measured here: CACC 76.75, LFR 100 on 400 test rows). Full data: see the issue note."""
     p, v = tmp_path / "p", tmp_path / "v"
-    assert run_cli("poison", "--out", p, "--train-size", 800, "--test-size", 400, "--seed", 7) == 0
-    assert run_cli("train", "--poisoned-set", p, "--out", v, "--epochs", 2, "--lr", 1e-4, "--max-length", 64) == 0
+    assert run_cli("poison", "--out", p, "--train-size", 2000, "--test-size", 400, "--seed", 7) == 0
+    assert run_cli("train", "--poisoned-set", p, "--out", v, "--epochs", 2, "--lr", 1e-4, "--max-length", 64,
+                   "--warmup-ratio", 0.1) == 0
     m = read_json(v / "metrics.json")["metrics"]["test"]
     assert m["lfr"] >= 90 and m["cacc"] >= 75, m
 
