@@ -70,6 +70,7 @@ class TrainConfig(Strict):
     scheduler: Literal["linear", "constant"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
+    checkpoint_every: int = Field(1, ge=0, description="save a resumable checkpoint every k epochs (0 = only when interrupted)")
     trust_remote_code: bool = Field(False, description="run code shipped with the model (never for untrusted models)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPUs (accelerate)")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory on large models")
@@ -107,6 +108,7 @@ class UnlearnConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)
     scheduler: Literal["linear", "constant"] = "constant"
     seed: int = 42
+    checkpoint_every: int = Field(1, ge=0, description="save a resumable checkpoint every k epochs (0 = only when interrupted)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPUs (accelerate)")
     gradient_checkpointing: bool = False
     eval_every: int = Field(5, ge=0, description="evaluate CACC/LFR/PACC every k epochs (0 = only at the end)")

@@ -135,6 +135,7 @@ class LoopConfig:
     warmup_ratio: float = 0.0
     seed: int = 42
     eval_batch_size: int = 128
+    checkpoint_every: int = 1
 
 
 def set_seed(seed: int) -> None:
@@ -283,7 +284,8 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
             if on_epoch_end is not None:
                 entry.update(on_epoch_end(epoch) or {})
             state["history"].append(entry)
-            _checkpoint(accelerator, ckpt, state)
+            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0 and epoch < cfg.epochs:
+                _checkpoint(accelerator, ckpt, state)
             if state["stopped_early"]:
                 break
     return state
