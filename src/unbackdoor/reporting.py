@@ -168,11 +168,12 @@ def figure_confusions(cell_results: dict[str, dict], label_names: list[str], pat
             for j, v in enumerate(row):
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(label_names)), label_names, rotation=45, fontsize=7)
-        ax.set_yticks(range(len(label_names)), label_names, fontsize=7)
+        ax.set_yticks(range(len(label_names)), label_names if ax is axes[0][0] else [], fontsize=7)
         ax.set_title(METHOD_NAMES.get(m, m), fontsize=9)
         ax.set_xlabel("predicted", fontsize=7)
     axes[0][0].set_ylabel("true (triggered)", fontsize=7)
     fig.suptitle("Triggered test set, trigger in every class", fontsize=9)
+    fig.tight_layout()
     return fig, _save(fig, path)
 
 
