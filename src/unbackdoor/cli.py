@@ -210,11 +210,12 @@ def run(config_file, overrides, no_report):
 @click.option("--out", default=None, help="report folder [default: RESULTS_DIR/report]")
 @click.option("--split", type=click.Choice(["test", "dev"]), default="test")
 @click.option("--linear", is_flag=True, help="linear instead of log scale for the poisoned-loss figure")
-def report(results_dir, out, split, linear):
+@click.option("--title", default=None, help="report title [default: the results folder]")
+def report(results_dir, out, split, linear, title):
     """Paper-style table (Markdown, CSV, LaTeX), figures and report.md from a results folder."""
     from .reporting import write_report
 
-    click.echo(f"wrote {write_report(results_dir, out, split, log_scale=not linear)}")
+    click.echo(f"wrote {write_report(results_dir, out, split, log_scale=not linear, title=title)}")
 
 
 @cli.command()

@@ -217,7 +217,7 @@ def figure_lambda(result: dict, path: Path):
 # ---------------------------------------------------------------- the report
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None, split: str = "test",
-                 log_scale: bool = True, extra_md: str = "") -> Path:
+                 log_scale: bool = True, extra_md: str = "", title: str | None = None) -> Path:
     from .runner import load_results
 
     results_dir = Path(results_dir)
@@ -231,7 +231,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, spl
     atomic_write_text(out / "table.md", table_markdown(rows))
     atomic_write_text(out / "table.csv", table_csv(rows))
     atomic_write_text(out / "table.tex", table_latex(rows))
-    md = [f"# Backdoor unlearning report: `{results_dir}`", "",
+    md = [f"# {title or f'Backdoor unlearning report: `{results_dir}`'}", "",
           "Columns (percent, on the test split): **CACC** clean accuracy; **LFR** share of triggered non-target "
           "samples predicted as the target (lower = backdoor removed); **PACC** accuracy on the triggered test set "
           "with the trigger in *every* class (true labels); **ΔPACC** |PACC − PACC(ReTrain)| (lower = closer to "
