@@ -62,11 +62,18 @@ def lora_update_norms(layers) -> torch.Tensor:
     return _safe_sqrt(torch.stack(sq))
 
 
-def l2_to_base(pairs: list[tuple[torch.Tensor, torch.Tensor]], mode: str = "global") -> torch.Tensor:
-    """||theta - theta_base||_2 over the paired tensors (global), or the sum of per-tensor norms."""
-    norms = torch.stack([torch.linalg.vector_norm(p - b) for p, b in pairs])
+def tensor_distances(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    return torch.stack([torch.linalg.vector_norm(p - b) for p, b in pairs])
+
+
+def combine_norms(norms: torch.Tensor, mode: str = "global") -> torch.Tensor:
     # The norm of the per-tensor norms is the global norm, and its gradient at 0 is 0 rather than NaN.
     return torch.linalg.vector_norm(norms) if mode == "global" else norms.sum()
+
+
+def l2_to_base(pairs: list[tuple[torch.Tensor, torch.Tensor]], mode: str = "global") -> torch.Tensor:
+    """||theta - theta_base||_2 over the paired tensors (global), or the sum of per-tensor norms."""
+    return combine_norms(tensor_distances(pairs), mode)
 
 
 # ---------------------------------------------------------------- objectives
@@ -135,43 +142,53 @@ def _ce_clean(model, clean):
     return F.cross_entropy(forward_logits(model, clean), clean["labels"])
 
 
-@register
-class GradientAscent(Objective):
-    """GA (Eq. 3): CE(D_c) - CE(D_p)."""
+class Unlearning(Objective):
+    """CE(D_c) + forget(D_p) + regulariser: GA, NPO and RGA differ only in the last two."""
 
-    name = "ga"
+    def forget(self, logits, ce_each, batch, logs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def regulariser(self, logs) -> torch.Tensor | float:
+        return 0.0
 
     def __call__(self, model, batch, clean):
         logits = forward_logits(model, batch)
-        ce_p = F.cross_entropy(logits, batch["labels"])
+        ce_each = F.cross_entropy(logits, batch["labels"], reduction="none")  # CE w.r.t. the poisoned label
+        logs = {"ce_p": ce_each.mean().item()}
+        forget = self.forget(logits, ce_each, batch, logs)
         ce_c = _ce_clean(model, clean)
-        loss = ce_c - ce_p
-        logs = {"loss": loss.item(), "ce_p": ce_p.item(), "ce_c": ce_c.item()}
+        loss = ce_c + forget + self.regulariser(logs)
+        logs.update(loss=loss.item(), ce_c=ce_c.item())
         self._watch(logits, batch, logs)
         return loss, logs
 
 
 @register
-class NPO(Objective):
+class GradientAscent(Unlearning):
+    """GA (Eq. 3): CE(D_c) - CE(D_p)."""
+
+    name = "ga"
+
+    def forget(self, logits, ce_each, batch, logs):
+        return -ce_each.mean()
+
+
+@register
+class NPO(Unlearning):
     """Negative preference optimisation against the poisoned model as reference."""
 
     name = "npo"
     needs_reference = True
 
-    def __call__(self, model, batch, clean):
-        logits = forward_logits(model, batch)
-        ce_theta = F.cross_entropy(logits, batch["labels"], reduction="none")
+    def forget(self, logits, ce_each, batch, logs):
         ce_ref = F.cross_entropy(self.reference(batch), batch["labels"], reduction="none")
-        forget = npo_loss(ce_theta, ce_ref, self.cfg.npo.beta)
-        ce_c = _ce_clean(model, clean)
-        loss = ce_c + forget
-        logs = {"loss": loss.item(), "ce_p": ce_theta.mean().item(), "ce_c": ce_c.item(), "npo": forget.item()}
-        self._watch(logits, batch, logs)
-        return loss, logs
+        out = npo_loss(ce_each, ce_ref, self.cfg.npo.beta)
+        logs["npo"] = out.item()
+        return out
 
 
 @register
-class RGA(Objective):
+class RGA(Unlearning):
     """Robust Gradient Ascent (Eq. 6): -lambda * CE(D_p) + CE(D_c) + beta * ||theta - theta_base||_2."""
 
     name = "rga"
@@ -181,6 +198,7 @@ class RGA(Objective):
         super().__init__(cfg, early_stop)
         self.base_params = base_params
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.lora = []
 
     def setup(self, model, accelerator=None):
         super().setup(model, accelerator)
@@ -193,29 +211,21 @@ class RGA(Objective):
             named = dict(model.named_parameters())
             self.pairs = [(named[n], b.to(named[n].device)) for n, b in self.base_params.items() if n in named]
 
-    def __call__(self, model, batch, clean):
+    def forget(self, logits, ce_each, batch, logs):
         r = self.cfg.rga
-        logits = forward_logits(model, batch)
         lam, kl = rga_lambda(logits, self.reference(batch), r.alpha, r.kl_direction, r.lambda_mode)
-        ce_p_each = F.cross_entropy(logits, batch["labels"], reduction="none")
-        ce_p = ce_p_each.mean()
-        forget = -(lam * ce_p) if r.lambda_mode == "batch" else -(lam * ce_p_each).mean()
-        ce_c = _ce_clean(model, clean)
-        loss = forget + ce_c
-        logs = {"ce_p": ce_p.item(), "ce_c": ce_c.item(), "lambda": lam.mean().item(), "kl": kl.mean().item()}
-        if self.lora and r.beta > 0:
-            # Under LoRA theta - theta_base is exactly the adapters' update (the head is left out).
-            norms = lora_update_norms(self.lora)
-            dist = torch.linalg.vector_norm(norms) if r.l2 == "global" else norms.sum()
-            loss = loss + r.beta * dist
-            logs["l2"] = dist.item()
-        elif self.pairs:
-            dist = l2_to_base(self.pairs, r.l2)
-            loss = loss + r.beta * dist
-            logs["l2"] = dist.item()
-        logs["loss"] = loss.item()
-        self._watch(logits, batch, logs)
-        return loss, logs
+        logs.update({"lambda": lam.mean().item(), "kl": kl.mean().item()})
+        return -(lam * ce_each.mean()) if r.lambda_mode == "batch" else -(lam * ce_each).mean()
+
+    def regulariser(self, logs):
+        r = self.cfg.rga
+        if r.beta == 0 or not (self.lora or self.pairs):
+            return 0.0
+        # Under LoRA theta - theta_base is exactly the adapters' update; the head is left out either way.
+        norms = lora_update_norms(self.lora) if self.lora else tensor_distances(self.pairs)
+        dist = combine_norms(norms, r.l2)
+        logs["l2"] = dist.item()
+        return r.beta * dist
 
 
 def build_objective(cfg: UnlearnConfig, **kwargs) -> Objective:
