@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from pydantic import BaseModel
 
-from .config import (PoisonConfig, TrainConfig, UnlearnConfig, apply_overrides, load_yaml, resolve_config_path,
+from .config import (DetectConfig, PoisonConfig, TrainConfig, UnlearnConfig, apply_overrides, load_yaml, resolve_config_path,
                      set_dotted, validate)
 from .errors import UnbackdoorError
 
@@ -57,7 +57,7 @@ def config_options(cls: type[BaseModel]):
             opt = _option_name(path)
             dest = "cfg__" + "__".join(path)
             keys[dest] = ".".join(path)
-            desc = (info.description or "").replace("%", "%%")
+            desc = info.description or ""
             default = info.default
             if info.annotation is bool:
                 f = click.option(f"{opt}/--no-{opt[2:]}", dest, default=None,
@@ -168,6 +168,23 @@ def unlearn(model_dir, poisoned_set, eval_set, out, allow_pickle, config_file, s
     _print_metrics(res["metrics"], f"{cfg.method} done")
 
 
+@cli.command()
+@click.option("--model", "model_dir", required=True, help="the poisoned model (a `unbackdoor train` run or model/)")
+@click.option("--poisoned-set", required=True, help="`unbackdoor poison` folder whose training set is searched")
+@click.option("--out", required=True, help="JSONL file of the training set with a 0/1 'poisoned' flag column")
+@_common
+@config_options(DetectConfig)
+def detect(model_dir, poisoned_set, out, config_file, sets, **kw):
+    """Flag the poisoned training samples; the output feeds `unbackdoor unlearn --poisoned-set`."""
+    from .detection import run_detect
+
+    cfg = build_config(DetectConfig, "detect", config_file, sets, kw)
+    res = run_detect(model_dir, poisoned_set, cfg, out)
+    m = res["metrics"]
+    click.echo(f"wrote {out}" + (f": precision {m['precision']:.3f}, recall {m['recall']:.3f}, F1 {m['f1']:.3f} "
+                                 f"({m['flagged']} flagged, {m['poisoned']} truly poisoned)" if m else ""))
+
+
 @cli.command(name="evaluate")
 @click.option("--model", "model_dir", required=True)
 @click.option("--poisoned-set", required=True, help="`unbackdoor poison` folder with the test sets")
@@ -235,10 +252,12 @@ def list_cmd():
     from .attacks import ATTACKS
     from .config import configs_dir
     from .data import NAMED
+    from .detection import DETECTORS
     from .unlearning import OBJECTIVES
 
     click.echo("attacks:  " + ", ".join(sorted(ATTACKS)))
     click.echo("methods:  " + ", ".join(sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})))
+    click.echo("detectors: " + ", ".join(sorted(DETECTORS)))
     click.echo("datasets: " + ", ".join(f"{k} (target {v.label_names[v.target]})" for k, v in NAMED.items()))
     click.echo("presets:  " + ", ".join(sorted(p.stem for p in configs_dir().glob("*.yaml"))))
 

@@ -1,0 +1,194 @@
+"""Detectors: find the poisoned samples D_p of a training set, so unlearning works end to end.
+
+Each detector returns a score per training sample (higher = more suspicious) and a flag. The
+flagged set is written in the format `unbackdoor unlearn --poisoned-set` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from .config import DetectConfig
+from .errors import ConfigError
+
+DETECTORS: dict[str, type["Detector"]] = {}
+
+
+def register(cls):
+    DETECTORS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Detection:
+    scores: np.ndarray
+    flags: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def precision_recall_f1(flags, truth) -> dict:
+    flags, truth = np.asarray(flags, bool), np.asarray(truth, bool)
+    tp, fp, fn = int((flags & truth).sum()), int((flags & ~truth).sum()), int((~flags & truth).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+            "tp": tp, "fp": fp, "fn": fn, "flagged": int(flags.sum()), "poisoned": int(truth.sum())}
+
+
+def build_detector(cfg: DetectConfig) -> "Detector":
+    if cfg.detector not in DETECTORS:
+        raise ConfigError(f"unknown detector '{cfg.detector}'; valid detectors: {', '.join(sorted(DETECTORS))}")
+    return DETECTORS[cfg.detector](cfg)
+
+
+class Detector:
+    name: ClassVar[str]
+
+    def __init__(self, cfg: DetectConfig):
+        self.cfg = cfg
+
+    def detect(self, rows: list[dict], label_names: list[str], model_dir: Path) -> Detection:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- loss (anti-backdoor learning)
+
+def lowest_fraction(losses: np.ndarray, fraction: float) -> np.ndarray:
+    """Flag the `fraction` of samples with the lowest loss: backdoor samples are learned first."""
+    k = max(1, int(round(fraction * len(losses))))
+    flags = np.zeros(len(losses), bool)
+    flags[np.argsort(losses, kind="stable")[:k]] = True
+    return flags
+
+
+@register
+class LossDetector(Detector):
+    name = "loss"
+
+    def detect(self, rows, label_names, model_dir):
+        import tempfile
+
+        from .models import load_classifier
+        from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_seed, train_loop
+        from .unlearning import CrossEntropy
+
+        meta = _victim_meta(model_dir)
+        set_seed(self.cfg.seed)
+        model, tok, _ = load_classifier(meta.get("base_model", "minilm"), len(label_names), label_names,
+                                        for_training=True)
+        data = TokenizedSet(tok, rows, self.cfg.max_length)
+        with tempfile.TemporaryDirectory() as tmp:
+            train_loop(model, tok, CrossEntropy(), data,
+                       LoopConfig(self.cfg.epochs, self.cfg.lr, self.cfg.batch_size, seed=self.cfg.seed,
+                                  checkpoint_every=0), tmp, progress=True)
+        logits = predict_logits(model, data, Collator(tok), self.cfg.eval_batch_size)
+        losses = torch.nn.functional.cross_entropy(logits, torch.tensor(data.labels), reduction="none").numpy()
+        return Detection(-losses, lowest_fraction(losses, self.cfg.fraction),
+                         {"epochs": self.cfg.epochs, "fraction": self.cfg.fraction})
+
+
+# ---------------------------------------------------------------- CUBE (clustering the poisoned model's features)
+
+def cube_flags(embeddings: np.ndarray, labels: np.ndarray, cfg: DetectConfig) -> tuple[np.ndarray, np.ndarray]:
+    """UMAP to a few dimensions, HDBSCAN per label (min cluster size 5% of the label by default); within each label the largest cluster is taken as
+    clean and every other cluster as poisoned (noise points stay unflagged). Scores are distances to
+    the label's largest cluster centre in the reduced space."""
+    import umap
+    from sklearn.cluster import HDBSCAN
+
+    n = len(embeddings)
+    reduced = umap.UMAP(n_components=cfg.umap_dim, n_neighbors=min(cfg.umap_neighbors, n - 1),
+                        min_dist=cfg.umap_min_dist, metric="cosine", random_state=cfg.seed).fit_transform(embeddings)
+    flags, scores = np.zeros(n, bool), np.zeros(n)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        size = cfg.min_cluster_size or max(10, int(0.05 * len(idx)))
+        if len(idx) < 2 * size:
+            continue
+        clusters = HDBSCAN(min_cluster_size=size).fit_predict(reduced[idx])
+        real = clusters[clusters >= 0]
+        if len(real) == 0:
+            continue
+        largest = np.bincount(real).argmax()
+        flags[idx] = (clusters >= 0) & (clusters != largest)
+        centre = reduced[idx][clusters == largest].mean(0)
+        scores[idx] = np.linalg.norm(reduced[idx] - centre, axis=1)
+    return flags, scores
+
+
+@torch.no_grad()
+def head_inputs(model, tok, rows, max_length: int, batch_size: int) -> np.ndarray:
+    """The representation the classification head sees (BERT: pooled [CLS]; decoders: last token)."""
+    from torch.utils.data import DataLoader
+
+    from .training import MODEL_INPUTS, Collator, TokenizedSet
+
+    k = model.config.num_labels
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == k][-1]
+    grabbed = []
+    handle = head.register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].detach()))
+    model.eval()
+    feats = []
+    try:
+        for batch in DataLoader(TokenizedSet(tok, rows, max_length), batch_size=batch_size, collate_fn=Collator(tok)):
+            grabbed.clear()
+            model(**{key: batch[key] for key in MODEL_INPUTS if key in batch})
+            x = grabbed[-1]
+            if x.dim() == 3:  # decoder heads run on every position: keep the last real token
+                last = (batch["attention_mask"].sum(1) - 1 if tok.padding_side == "right"
+                        else torch.full((x.shape[0],), x.shape[1] - 1))
+                x = x[torch.arange(x.shape[0]), last]
+            feats.append(x.float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(feats).numpy()
+
+
+@register
+class CubeDetector(Detector):
+    name = "cube"
+
+    def detect(self, rows, label_names, model_dir):
+        from .models import load_classifier
+
+        model, tok, _ = load_classifier(str(_model_path(model_dir)), len(label_names), label_names)
+        emb = head_inputs(model, tok, rows, self.cfg.max_length, self.cfg.eval_batch_size)
+        flags, scores = cube_flags(emb, np.array([r["label"] for r in rows]), self.cfg)
+        return Detection(scores, flags, {"umap_dim": self.cfg.umap_dim, "umap_neighbors": self.cfg.umap_neighbors})
+
+
+def _model_path(model_dir) -> Path:
+    p = Path(model_dir)
+    return p / "model" if (p / "model" / "config.json").is_file() else p
+
+
+def _victim_meta(model_dir) -> dict:
+    from .artifacts import read_json
+    from .models import META_FILE
+
+    f = _model_path(model_dir) / META_FILE
+    return read_json(f) if f.is_file() else {}
+
+
+def run_detect(model_dir, poisoned_set, cfg: DetectConfig, out: str | Path) -> dict:
+    """Detect, write the flagged training set (text, label, poisoned, score) and, when the truth is
+    known, precision/recall/F1 beside it (<out>.metrics.json)."""
+    from .artifacts import provenance, write_json, write_jsonl
+    from .attacks import load_poisoned_set
+
+    ps = load_poisoned_set(poisoned_set)
+    det = build_detector(cfg).detect(ps.train, ps.label_names, Path(model_dir))
+    out = Path(out)
+    write_jsonl(out, [{"text": r["text"], "label": r["label"], "poisoned": int(f), "score": float(s)}
+                      for r, f, s in zip(ps.train, det.flags, det.scores)])
+    truth = [bool(r.get("poisoned")) for r in ps.train]
+    result = {"detector": cfg.detector, "metrics": precision_recall_f1(det.flags, truth) if any(truth) else None,
+              "info": det.info, "config": cfg.model_dump(), "model": str(model_dir),
+              "poisoned_set": str(poisoned_set), **provenance()}
+    write_json(out.with_suffix(".metrics.json"), result)
+    return result

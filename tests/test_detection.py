@@ -1,0 +1,63 @@
+"""Detectors: the precision/recall arithmetic, each detector's core on planted data, and the CLI
+whose output `unbackdoor unlearn --poisoned-set` reads."""
+
+import numpy as np
+import pytest
+
+from test_pipeline import poisoned, run_cli, tiny_victim  # noqa: F401
+from unbackdoor.artifacts import read_json, read_jsonl
+from unbackdoor.config import DetectConfig
+from unbackdoor.detection import build_detector, cube_flags, lowest_fraction, precision_recall_f1
+from unbackdoor.errors import ConfigError
+
+
+def test_precision_recall_by_hand():
+    flags = [1, 1, 1, 0, 0, 0, 1, 0]
+    truth = [1, 1, 0, 1, 0, 0, 0, 0]
+    m = precision_recall_f1(flags, truth)
+    assert (m["tp"], m["fp"], m["fn"], m["flagged"], m["poisoned"]) == (2, 2, 1, 4, 3)
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert precision_recall_f1([0, 0], [0, 1])["precision"] == 0.0
+
+
+def test_lowest_fraction_flags_the_lowest_losses():
+    losses = np.array([0.9, 0.01, 0.5, 0.02, 0.7, 0.03, 0.8, 0.6])
+    assert np.flatnonzero(lowest_fraction(losses, 0.375)).tolist() == [1, 3, 5]
+
+
+def test_cube_separates_a_planted_minority_cluster():
+    rng = np.random.default_rng(0)
+    clean0 = rng.normal(0, 1, (300, 16)) + np.r_[5, np.zeros(15)]
+    clean1 = rng.normal(0, 1, (240, 16)) + np.r_[0, 5, np.zeros(14)]
+    poison1 = rng.normal(0, 1, (60, 16)) + np.r_[0, 0, 9, np.zeros(13)]  # labelled 1, elsewhere in feature space
+    emb = np.vstack([clean0, clean1, poison1])
+    labels = np.r_[np.zeros(300), np.ones(300)].astype(int)
+    truth = np.r_[np.zeros(540), np.ones(60)].astype(bool)
+    flags, scores = cube_flags(emb, labels, DetectConfig(umap_neighbors=30))
+    m = precision_recall_f1(flags, truth)
+    assert m["recall"] >= 0.9 and m["precision"] >= 0.9, m
+    assert scores[truth].mean() > scores[~truth].mean()
+
+
+def test_unknown_detector():
+    with pytest.raises(ConfigError, match="unknown detector 'strip'; valid detectors: cube, loss"):
+        build_detector(DetectConfig(detector="strip"))
+
+
+@pytest.mark.parametrize("detector", ["loss", "cube"])
+def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_victim, detector):  # noqa: F811
+    out = tmp_path / "flags.jsonl"
+    assert run_cli("detect", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--detector", detector,
+                   "--umap-neighbors", 15, "--max-length", 48, "--fraction", 0.25) == 0
+    rows = read_jsonl(out)
+    train = read_jsonl(poisoned / "train.jsonl")
+    assert [r["text"] for r in rows] == [r["text"] for r in train] and {r["poisoned"] for r in rows} <= {0, 1}
+    m = read_json(tmp_path / "flags.metrics.json")["metrics"]
+    assert m["poisoned"] == sum(r["poisoned"] for r in train) and m["flagged"] == sum(r["poisoned"] for r in rows)
+    if detector == "loss":
+        assert m["flagged"] == round(0.25 * len(train))
+    if 0 < m["flagged"] < len(rows):
+        assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", out, "--eval-set", poisoned,
+                       "--out", tmp_path / "u", "--method", "ga", "--epochs", 1, "--max-length", 48) == 0
+        assert read_json(tmp_path / "u" / "metrics.json")["n_poisoned"] == m["flagged"]
