@@ -61,3 +61,19 @@ def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_vi
         assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", out, "--eval-set", poisoned,
                        "--out", tmp_path / "u", "--method", "ga", "--epochs", 1, "--max-length", 48) == 0
         assert read_json(tmp_path / "u" / "metrics.json")["n_poisoned"] == m["flagged"]
+
+
+def test_grid_unlearns_from_detector_output_and_partial_ground_truth(tmp_path, tiny_base, shared_root, tmp_cache):
+    from test_experiments import grid_config
+
+    cfg = grid_config(tmp_path, tiny_base, methods=["ga"], detectors=["loss"], poisoned_fractions=[0.5],
+                      detect={"fraction": 0.2, "max_length": 32})
+    assert run_cli("run", cfg) == 0
+    cell = tmp_path / "results" / "sst2" / "badnets" / "seed1"
+    n_true = read_json(cell / "poisoned" / "meta.json")["counts"]["poisoned"]
+    det = read_json(cell / "detect-loss" / "flags.metrics.json")["metrics"]
+    assert read_json(cell / "ga" / "metrics.json")["n_poisoned"] == n_true
+    assert read_json(cell / "ga-loss" / "metrics.json")["n_poisoned"] == det["flagged"] == round(0.2 * 120)
+    assert read_json(cell / "ga-gt50" / "metrics.json")["n_poisoned"] == round(0.5 * n_true)
+    table = (tmp_path / "results" / "report" / "table.md").read_text()
+    assert "| ga-loss |" in table and "| ga-gt50 |" in table

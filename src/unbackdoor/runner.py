@@ -14,7 +14,7 @@ from typing import Optional
 from pydantic import Field
 
 from .artifacts import read_json, write_json
-from .config import AttackConfig, DataConfig, Strict, TrainConfig, UnlearnConfig, validate
+from .config import AttackConfig, DataConfig, DetectConfig, Strict, TrainConfig, UnlearnConfig, validate
 from .errors import ConfigError
 
 
@@ -35,7 +35,9 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
     method_overrides: dict[str, dict] = Field(default_factory=dict, description="per-method unlearn settings, e.g. {ga: {lr: 5e-5}}")
-    detector: Optional[str] = None
+    detectors: list[str] = Field(default_factory=list, description="also unlearn from each detector's flags (stage <method>-<detector>)")
+    detect: DetectConfig = DetectConfig()
+    poisoned_fractions: list[float] = Field(default_factory=list, description="also unlearn from a random share of the true D_p (stage <method>-gt<percent>)")
 
 
 def cell_dir(cfg: ExperimentConfig, dataset: str, attack: str, seed: int) -> Path:
@@ -62,6 +64,7 @@ def repair(folder: Path, log=print) -> None:
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> list[Path]:
+    from .detection import run_detect
     from .pipeline import run_poison, run_train, run_unlearn
     from .config import PoisonConfig
 
@@ -107,18 +110,49 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                         run_train(cell / "poisoned", tcfg, cell / stage, clean_only=clean_only,
                                   eval_splits=tuple(cfg.eval_splits), progress=progress)
                     finished.append(cell / stage)
+                sources = {"": cell / "poisoned"}  # stage suffix -> where D_p comes from
+                for name in cfg.detectors:
+                    flags = cell / f"detect-{name}" / "flags.jsonl"
+                    if not flags.is_file():
+                        log(f"[{tag}] detecting with {name}")
+                        run_detect(cell / "victim", cell / "poisoned", cfg.detect.model_copy(update={"detector": name}),
+                                   flags)
+                    sources[f"-{name}"] = flags
+                for frac in cfg.poisoned_fractions:
+                    sources[f"-gt{round(100 * frac)}"] = partial_ground_truth(cell, frac, seed)
                 for method in cfg.methods:
                     if method == "retrain":
                         continue
                     data = cfg.unlearn.model_dump()
                     data.update(method=method, seed=seed, **cfg.method_overrides.get(method, {}))
                     ucfg = validate(UnlearnConfig, data, f"unlearn config for {method}")
-                    if not _done(cell / method):
-                        log(f"[{tag}] unlearning with {method}")
-                        run_unlearn(cell / "victim", cell / "poisoned", ucfg, cell / method,
-                                    eval_splits=tuple(cfg.eval_splits), progress=progress)
-                    finished.append(cell / method)
+                    for suffix, source in sources.items():
+                        stage = cell / f"{method}{suffix}"
+                        if not _done(stage):
+                            log(f"[{tag}] unlearning with {method}{' from ' + suffix[1:] if suffix else ''}")
+                            run_unlearn(cell / "victim", source, ucfg, stage, eval_set=cell / "poisoned",
+                                        eval_splits=tuple(cfg.eval_splits), progress=progress)
+                        finished.append(stage)
     return finished
+
+
+def partial_ground_truth(cell: Path, fraction: float, seed: int) -> Path:
+    """A flag file with a random `fraction` of the true poisoned samples flagged (incomplete detection);
+    the unflagged poisoned samples stay in D_c, as they would after a detector missed them."""
+    import random
+
+    from .artifacts import read_jsonl, write_jsonl
+
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"poisoned_fractions: {fraction} is not in (0, 1]")
+    out = cell / f"subset-gt{round(100 * fraction)}" / "flags.jsonl"
+    if not out.is_file():
+        rows = read_jsonl(cell / "poisoned" / "train.jsonl")
+        poisoned = [i for i, r in enumerate(rows) if r.get("poisoned")]
+        keep = set(random.Random(seed).sample(poisoned, max(1, round(fraction * len(poisoned)))))
+        write_jsonl(out, [{"text": r["text"], "label": r["label"], "poisoned": int(i in keep)}
+                          for i, r in enumerate(rows)])
+    return out
 
 
 def load_results(results_dir: str | Path) -> list[dict]:
