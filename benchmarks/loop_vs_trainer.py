@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import interleaved, write_results  # noqa: E402
 
 
 def _data(rows: int, max_length: int):
@@ -95,16 +95,8 @@ def main():
     if a.child:
         print(json.dumps(child(a.child, a.rows, a.batch, a.max_length)))
         return
-    runs = []
-    for r in range(a.rounds):
-        for v in (["ours", "trainer"] if r % 2 == 0 else ["trainer", "ours"]):
-            out = subprocess.run([sys.executable, __file__, "--child", v, "--rows", str(a.rows), "--batch", str(a.batch),
-                                  "--max-length", str(a.max_length)], capture_output=True, text=True, check=True,
-                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            res["round"] = r
-            runs.append(res)
-            print(res, flush=True)
+    runs = interleaved(__file__, ["ours", "trainer"], a.rounds,
+                       ["--rows", str(a.rows), "--batch", str(a.batch), "--max-length", str(a.max_length)])
     peak = matmul_peak()
     summary = {}
     for v in ("ours", "trainer"):
@@ -114,10 +106,6 @@ def main():
         summary[v]["flops_share_of_matmul_peak"] = summary[v]["flops_per_s"] / peak
     ratio = {"speed_ours_over_trainer": summary["ours"]["samples_per_s"] / summary["trainer"]["samples_per_s"],
              "memory_ours_over_trainer": summary["ours"]["peak_rss_mb"] / summary["trainer"]["peak_rss_mb"]}
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "matmul_peak_flops": peak}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".json").write_text(json.dumps({"args": vars(a), "machine": machine, "runs": runs,
-                                                 "summary": summary, "ratio": ratio}, indent=2))
     lines = ["| loop | samples/s | tokens/s | GFLOP/s (6·N·tokens/s) | share of matmul peak | peak RSS (MB) |",
              "|---|---|---|---|---|---|"]
     for v in ("ours", "trainer"):
@@ -126,8 +114,8 @@ def main():
                      f"{s['flops_share_of_matmul_peak']:.2f} | {s['peak_rss_mb']:.0f} |")
     lines.append(f"\nspeed ours / Trainer = {ratio['speed_ours_over_trainer']:.3f}; memory ours / Trainer = "
                  f"{ratio['memory_ours_over_trainer']:.3f}; matmul peak {peak / 1e9:.1f} GFLOP/s")
-    Path(a.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(a.out, {"args": vars(a), "matmul_peak_flops": peak, "runs": runs, "summary": summary,
+                          "ratio": ratio}, lines)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import interleaved, write_results  # noqa: E402
 
 VARIANTS = ["ga", "npo", "rga", "npo_live", "rga_live"]
 
@@ -86,17 +87,7 @@ def main():
     if a.child:
         print(json.dumps(child(a.child, a.steps, a.batch)))
         return
-    runs = []
-    for r in range(a.rounds):
-        order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]  # interleave, alternating order against drift
-        for v in order:
-            out = subprocess.run([sys.executable, __file__, "--child", v, "--steps", str(a.steps),
-                                  "--batch", str(a.batch)], capture_output=True, text=True, check=True,
-                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            res["round"] = r
-            runs.append(res)
-            print(res, flush=True)
+    runs = interleaved(__file__, VARIANTS, a.rounds, ["--steps", str(a.steps), "--batch", str(a.batch)])
     summary = {}
     for v in VARIANTS:
         rs = [x for x in runs if x["variant"] == v]
@@ -106,19 +97,12 @@ def main():
     for v in VARIANTS:
         summary[v]["time_vs_ga"] = summary[v]["step_seconds"] / ga["step_seconds"]
         summary[v]["memory_vs_ga"] = summary[v]["peak_rss_mb"] / ga["peak_rss_mb"]
-    import platform
-
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".json").write_text(json.dumps({"args": vars(a), "machine": machine, "runs": runs,
-                                                 "summary": summary}, indent=2))
     lines = ["| variant | s / step | peak RSS (MB) | time / GA | memory / GA |", "|---|---|---|---|---|"]
     for v in VARIANTS:
         s = summary[v]
         lines.append(f"| {v} | {s['step_seconds']:.3f} | {s['peak_rss_mb']:.0f} | {s['time_vs_ga']:.2f} | "
                      f"{s['memory_vs_ga']:.3f} |")
-    Path(a.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(a.out, {"args": vars(a), "runs": runs, "summary": summary}, lines)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,37 @@ def write_tsv(path: Path, rows, header=("text", "label")):
         w.writerow(header)
         w.writerows(rows)
     return path
+
+
+def run_cli(*args):
+    from unbackdoor.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory, shared_root, tmp_cache):
+    out = tmp_path_factory.mktemp("p") / "poisoned"
+    assert run_cli("poison", "--out", out, "--dataset", "sst2", "--attack", "badnets", "--train-size", 160,
+                   "--test-size", 60, "--seed", 1) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_victim(tmp_path_factory, poisoned, tiny_base):
+    out = tmp_path_factory.mktemp("v") / "victim"
+    assert run_cli("train", "--poisoned-set", poisoned, "--out", out, "--model", tiny_base, "--epochs", 1,
+                   "--lr", 1e-3, "--batch-size", 16, "--max-length", 48) == 0
+    return out
+
+
+
+def _train_args(p, out, tiny_base):
+    return ["train", "--poisoned-set", p, "--out", out, "--model", tiny_base, "--epochs", 2, "--lr", 1e-3,
+            "--batch-size", 4, "--max-length", 32]
+
+

@@ -1,9 +1,7 @@
 """Bad input: a clear message naming the file/row/field, exit code 2, and no output left behind."""
 
-import pytest
-
 from conftest import write_tsv
-from test_pipeline import run_cli
+from conftest import run_cli
 
 
 def check(capsys, out, args, *patterns):

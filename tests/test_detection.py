@@ -4,7 +4,7 @@ whose output `unbackdoor unlearn --poisoned-set` reads."""
 import numpy as np
 import pytest
 
-from test_pipeline import poisoned, run_cli, tiny_victim  # noqa: F401
+from conftest import run_cli
 from unbackdoor.artifacts import read_json, read_jsonl
 from unbackdoor.config import DetectConfig
 from unbackdoor.detection import build_detector, cube_flags, lowest_fraction, precision_recall_f1
@@ -46,7 +46,7 @@ def test_unknown_detector():
 
 
 @pytest.mark.parametrize("detector", ["loss", "cube"])
-def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_victim, detector):  # noqa: F811
+def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_victim, detector):
     out = tmp_path / "flags.jsonl"
     assert run_cli("detect", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--detector", detector,
                    "--umap-neighbors", 15, "--max-length", 48, "--fraction", 0.25) == 0

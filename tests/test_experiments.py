@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from unbackdoor.artifacts import read_json
-from test_pipeline import run_cli
+from conftest import run_cli
 
 TINY = {"poison": {"data": {"train_size": 120, "test_size": 40}},
         "train": {"epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 32},

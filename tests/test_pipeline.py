@@ -3,34 +3,9 @@
 import json
 
 import pytest
-import torch
 
 from unbackdoor.artifacts import read_json, read_jsonl
-from unbackdoor.cli import main
-
-
-def run_cli(*args):
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code or 0
-    return 0
-
-
-@pytest.fixture(scope="module")
-def poisoned(tmp_path_factory, shared_root, tmp_cache):
-    out = tmp_path_factory.mktemp("p") / "poisoned"
-    assert run_cli("poison", "--out", out, "--dataset", "sst2", "--attack", "badnets", "--train-size", 160,
-                   "--test-size", 60, "--seed", 1) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_victim(tmp_path_factory, poisoned, tiny_base):
-    out = tmp_path_factory.mktemp("v") / "victim"
-    assert run_cli("train", "--poisoned-set", poisoned, "--out", out, "--model", tiny_base, "--epochs", 1,
-                   "--lr", 1e-3, "--batch-size", 16, "--max-length", 48) == 0
-    return out
+from conftest import _train_args, run_cli
 
 
 def test_poison_folder_contents(poisoned):
@@ -115,11 +90,6 @@ def test_real_minilm_victim_learns_the_backdoor(tmp_path, shared_root, tmp_cache
                    "--warmup-ratio", 0.1) == 0
     m = read_json(v / "metrics.json")["metrics"]["test"]
     assert m["lfr"] >= 90 and m["cacc"] >= 75, m
-
-
-def _train_args(p, out, tiny_base):
-    return ["train", "--poisoned-set", p, "--out", out, "--model", tiny_base, "--epochs", 2, "--lr", 1e-3,
-            "--batch-size", 4, "--max-length", 32]
 
 
 def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(tmp_path, poisoned, tiny_base, monkeypatch):

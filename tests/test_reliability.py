@@ -4,12 +4,10 @@ import json
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from unbackdoor.artifacts import read_json, read_jsonl
-from test_pipeline import run_cli, _train_args  # noqa: F401  (fixtures below come from test_pipeline)
-from test_pipeline import poisoned, tiny_victim  # noqa: F401
+from conftest import _train_args, run_cli
 
 
 KILLER = """
@@ -28,7 +26,7 @@ main(sys.argv[1:])
 """
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, poisoned, tiny_base):  # noqa: F811
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, poisoned, tiny_base):
     ref = tmp_path / "ref"
     assert run_cli(*_train_args(poisoned, ref, tiny_base)) == 0
     out = tmp_path / "run"
@@ -44,7 +42,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, poisoned,
     assert [r["step"] for r in read_jsonl(out / "loss_log.jsonl")] == list(range(1, 81))
 
 
-def test_same_command_same_seed_identical_metrics(tmp_path, poisoned, tiny_victim):  # noqa: F811
+def test_same_command_same_seed_identical_metrics(tmp_path, poisoned, tiny_victim):
     outs = []
     for name in ("a", "b"):
         out = tmp_path / name
@@ -56,7 +54,7 @@ def test_same_command_same_seed_identical_metrics(tmp_path, poisoned, tiny_victi
     assert read_jsonl(outs[0] / "loss_log.jsonl") == read_jsonl(outs[1] / "loss_log.jsonl")
 
 
-def test_divergence_stops_keeps_checkpoint_and_writes_no_metrics(tmp_path, poisoned, tiny_victim, monkeypatch,  # noqa: F811
+def test_divergence_stops_keeps_checkpoint_and_writes_no_metrics(tmp_path, poisoned, tiny_victim, monkeypatch,
                                                                  capsys):
     import torch
 
@@ -82,7 +80,7 @@ def test_divergence_stops_keeps_checkpoint_and_writes_no_metrics(tmp_path, poiso
     assert torch.isfinite(torch.tensor([r["loss"] for r in read_jsonl(out / "loss_log.jsonl")])).all()
 
 
-def test_pickle_weights_refused_unless_allowed(tmp_path, poisoned, tiny_victim, capsys):  # noqa: F811
+def test_pickle_weights_refused_unless_allowed(tmp_path, poisoned, tiny_victim, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     pk = tmp_path / "pickled"
@@ -99,7 +97,7 @@ def test_pickle_weights_refused_unless_allowed(tmp_path, poisoned, tiny_victim, 
     assert run_cli("evaluate", "--model", pk, "--poisoned-set", poisoned, "--allow-pickle") == 0
 
 
-def test_not_a_classifier_and_label_count_mismatch(tmp_path, poisoned, tiny_victim, tiny_base, capsys,  # noqa: F811
+def test_not_a_classifier_and_label_count_mismatch(tmp_path, poisoned, tiny_victim, tiny_base, capsys,
                                                    shared_root):
     assert run_cli("unlearn", "--model", tiny_base, "--poisoned-set", poisoned, "--out", tmp_path / "u") == 2
     assert "is not a sequence classifier (architectures: ['BertModel'])" in capsys.readouterr().err
@@ -110,7 +108,7 @@ def test_not_a_classifier_and_label_count_mismatch(tmp_path, poisoned, tiny_vict
     assert not (tmp_path / "u").exists()
 
 
-def test_bad_paraphrase_bank_and_bad_flag_files(tmp_path, poisoned, tiny_victim, capsys):  # noqa: F811
+def test_bad_paraphrase_bank_and_bad_flag_files(tmp_path, poisoned, tiny_victim, capsys):
     bank = tmp_path / "bank.tsv"
     bank.write_text("text\tpara\na\tb\n")
     assert run_cli("poison", "--out", tmp_path / "p", "--attack", "stylebkd", "--bank", str(bank)) == 2

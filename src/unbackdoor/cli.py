@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import sys
 import typing
-from pathlib import Path
-
 import click
 from pydantic import BaseModel
 
