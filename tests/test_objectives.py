@@ -168,3 +168,16 @@ def test_early_stop_on_lambda_after_patience():
     assert not rga.should_stop()
     rga(m, bp, bc)
     assert rga.should_stop() and "lambda < 0.5 for 2" in rga.stop_reason
+
+
+@pytest.mark.parametrize("base", ["minilm", "tiny"])
+def test_theta_base_from_files_equals_loading_the_model(base, tiny_base):
+    from unbackdoor.models import _base_from_model, _base_from_safetensors, load_classifier, resolve_model
+
+    name = tiny_base if base == "tiny" else "minilm"
+    model, _, _ = load_classifier(name, 2, ["a", "b"], for_training=True)
+    from_files = _base_from_safetensors(model, __import__("pathlib").Path(resolve_model(name)))
+    from_model = _base_from_model(model, resolve_model(name), False)
+    assert from_files.keys() == from_model.keys() and len(from_files) > 10
+    assert not any(k.startswith("classifier.") for k in from_files)
+    assert all(torch.equal(from_files[k], from_model[k]) for k in from_files)

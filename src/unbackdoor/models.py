@@ -181,12 +181,57 @@ def base_parameters(model, base_name: str, trust_remote_code: bool = False) -> d
     """Frozen copies of theta_base for every parameter of `model` the base checkpoint has.
 
     Parameters the base lacks (the classification head) are left out: they have no clean
-    counterpart, so RGA's L2 term does not pull them anywhere.
+    counterpart, so RGA's L2 term does not pull them anywhere. Tensors are read straight from the
+    base's safetensors files when it is a local folder (no second model is built), else from a
+    temporarily loaded base model.
     """
+    path = resolve_model(base_name)
+    out = _base_from_safetensors(model, Path(path)) if Path(path).is_dir() else None
+    if out is None:
+        out = _base_from_model(model, path, trust_remote_code)
+    if not out:
+        raise ModelError(f"base model '{base_name}' shares no parameters with the victim; is it the model the "
+                         "victim was fine-tuned from?")
+    return out
+
+
+def _base_from_safetensors(model, folder: Path) -> dict[str, torch.Tensor] | None:
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    prefix = getattr(model, "base_model_prefix", "")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    out = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            keys = set(st.keys())
+            for name, p in params.items():
+                bare = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name
+                key = name if name in keys else bare if bare in keys else None
+                if key is not None and name not in out:
+                    t = st.get_tensor(key)
+                    if t.shape == p.shape:
+                        out[name] = t.to(p.device, p.dtype)
+    # A head of the right shape in the base file would be a classifier checkpoint's head: not a
+    # clean counterpart of ours, which was initialised fresh for this task.
+    return {n: t for n, t in out.items() if n not in _head_names(model)}
+
+
+def _head_names(model) -> set[str]:
+    k = model.config.num_labels
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == k]
+    if not heads:
+        return set()
+    name = heads[-1][0]
+    return {f"{name}.weight", f"{name}.bias"}
+
+
+def _base_from_model(model, path: str, trust_remote_code: bool) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForSequenceClassification
 
     _quiet_transformers()
-    path = resolve_model(base_name)
     base, info = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=model.config.num_labels, trust_remote_code=trust_remote_code, output_loading_info=True,
         use_safetensors=_check_weights(path, False))
@@ -196,10 +241,6 @@ def base_parameters(model, base_name: str, trust_remote_code: bool = False) -> d
     for name, p in model.named_parameters():
         if p.requires_grad and name in base_sd and name not in fresh and base_sd[name].shape == p.shape:
             out[name] = base_sd[name].detach().clone().to(p.device)
-    del base
-    if not out:
-        raise ModelError(f"base model '{base_name}' shares no parameters with the victim; is it the model the "
-                         "victim was fine-tuned from?")
     return out
 
 
