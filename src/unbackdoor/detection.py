@@ -73,11 +73,11 @@ class LossDetector(Detector):
     def detect(self, rows, label_names, model_dir):
         import tempfile
 
-        from .models import load_classifier
+        from .models import load_classifier, run_meta
         from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_seed, train_loop
         from .unlearning import CrossEntropy
 
-        meta = _victim_meta(model_dir)
+        meta = run_meta(model_dir)
         set_seed(self.cfg.seed)
         model, tok, _ = load_classifier(meta.get("base_model", "minilm"), len(label_names), label_names,
                                         for_training=True)
@@ -154,25 +154,12 @@ class CubeDetector(Detector):
     name = "cube"
 
     def detect(self, rows, label_names, model_dir):
-        from .models import load_classifier
+        from .models import load_classifier, model_folder
 
-        model, tok, _ = load_classifier(str(_model_path(model_dir)), len(label_names), label_names)
+        model, tok, _ = load_classifier(str(model_folder(model_dir)), len(label_names), label_names)
         emb = head_inputs(model, tok, rows, self.cfg.max_length, self.cfg.eval_batch_size)
         flags, scores = cube_flags(emb, np.array([r["label"] for r in rows]), self.cfg)
         return Detection(scores, flags, {"umap_dim": self.cfg.umap_dim, "umap_neighbors": self.cfg.umap_neighbors})
-
-
-def _model_path(model_dir) -> Path:
-    p = Path(model_dir)
-    return p / "model" if (p / "model" / "config.json").is_file() else p
-
-
-def _victim_meta(model_dir) -> dict:
-    from .artifacts import read_json
-    from .models import META_FILE
-
-    f = _model_path(model_dir) / META_FILE
-    return read_json(f) if f.is_file() else {}
 
 
 def run_detect(model_dir, poisoned_set, cfg: DetectConfig, out: str | Path) -> dict:

@@ -146,6 +146,18 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
     return model, tok, meta
 
 
+def model_folder(path: str | Path) -> Path:
+    """A run folder (with model/ inside) or a model folder itself -> the model folder."""
+    p = Path(path)
+    return p / "model" if (p / "model" / "config.json").is_file() else p
+
+
+def run_meta(path: str | Path) -> dict:
+    """Our unbackdoor.json of a run or model folder ({} for a model from elsewhere)."""
+    f = model_folder(path) / META_FILE
+    return read_json(f) if f.is_file() else {}
+
+
 def save_classifier(model, tokenizer, out_dir: str | Path, meta: dict) -> Path:
     """save_pretrained (safetensors) + tokenizer + our metadata, appearing atomically.
 

@@ -16,7 +16,7 @@ from .config import PoisonConfig, TrainConfig, UnlearnConfig
 from .data import read_labeled_file
 from .errors import DataError
 from .evaluation import evaluate
-from .models import base_parameters, load_classifier, save_classifier
+from .models import base_parameters, load_classifier, model_folder, run_meta, save_classifier
 from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_seed, train_loop
 from .unlearning import CrossEntropy, build_objective
 
@@ -138,13 +138,11 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
     out_dir = Path(out_dir)
     ps = load_unlearning_sets(poisoned_set, eval_set)
     if cfg.method == "retrain":
-        victim_meta = read_json(Path(model_dir) / "model" / "unbackdoor.json") if (Path(model_dir) / "model").is_dir() \
-            else read_json(Path(model_dir) / "unbackdoor.json")
-        tcfg = TrainConfig(**victim_meta["train_config"])
+        tcfg = TrainConfig(**run_meta(model_dir)["train_config"])
         return run_train(poisoned_set, tcfg, out_dir, clean_only=True, eval_splits=eval_splits, progress=progress)
-    model_path = Path(model_dir) / "model" if (Path(model_dir) / "model" / "config.json").is_file() else model_dir
+    model_path = model_folder(model_dir)
     accelerator = _accelerator(cfg.mixed_precision)
-    victim_meta = read_json(Path(model_path) / "unbackdoor.json") if (Path(model_path) / "unbackdoor.json").is_file() else {}
+    victim_meta = run_meta(model_dir)
     if victim_meta.get("lora") and (Path(model_dir) / "adapter").is_dir():
         from .models import load_lora_victim
 
@@ -194,8 +192,7 @@ def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Pat
                  splits=("test",), max_length: int = 128, batch_size: int = 128, retrain: str | Path | None = None,
                  allow_pickle: bool = False) -> dict:
     ps = load_poisoned_set(poisoned_set)
-    model_path = Path(model_dir) / "model" if (Path(model_dir) / "model" / "config.json").is_file() else model_dir
-    model, tok, _ = load_classifier(str(model_path), len(ps.label_names), ps.label_names, allow_pickle=allow_pickle)
+    model, tok, _ = load_classifier(str(model_folder(model_dir)), len(ps.label_names), ps.label_names, allow_pickle=allow_pickle)
     cfg = TrainConfig(max_length=max_length, eval_batch_size=batch_size)
     metrics = _evaluate(model, tok, ps, cfg, None, splits)
     if retrain:
