@@ -71,14 +71,6 @@ def config_options(cls: type[BaseModel]):
     return deco
 
 
-def _parse_value(raw):
-    import yaml
-
-    if isinstance(raw, str) and "," in raw:
-        return [yaml.safe_load(x.strip()) if x.strip() else x for x in raw.split(",")]
-    return raw
-
-
 def build_config(cls, section: str | None, config_file, sets, kwargs, list_fields=()):
     data = {}
     if config_file:
