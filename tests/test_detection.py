@@ -77,3 +77,42 @@ def test_grid_unlearns_from_detector_output_and_partial_ground_truth(tmp_path, t
     assert read_json(cell / "ga-gt50" / "metrics.json")["n_poisoned"] == round(0.5 * n_true)
     table = (tmp_path / "results" / "report" / "table.md").read_text()
     assert "| ga-loss |" in table and "| ga-gt50 |" in table
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_cache):
+    from unbackdoor.errors import ModelError
+    from unbackdoor.models import resolve_model
+
+    try:
+        return resolve_model("smollm2")
+    except ModelError as e:
+        pytest.skip(str(e))
+
+
+def test_onion_removes_exactly_one_word(smollm2):
+    from transformers import AutoTokenizer
+
+    from unbackdoor.detection import word_tokens
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    spans = word_tokens(tok, "a gorgeously strange cf movie , n't it", 64)
+    assert len(spans) == 8
+    without = [t for i, s in enumerate(spans) if i != 3 for t in s]
+    assert tok.decode(without) == "a gorgeously strange movie , n't it"
+    assert sum(map(len, word_tokens(tok, "word " * 100, 16))) == 15  # room left for BOS
+
+
+def test_onion_ranks_planted_trigger_words_above_chance(tmp_path, poisoned, smollm2):
+    out = tmp_path / "flags.jsonl"
+    train = read_jsonl(poisoned / "train.jsonl")
+    share = sum(r["poisoned"] for r in train) / len(train)
+    assert run_cli("detect", "--model", poisoned, "--poisoned-set", poisoned, "--out", out, "--detector", "onion",
+                   "--onion-top-words", 3, "--fraction", round(share, 3), "--max-length", 48) == 0
+    m = read_json(tmp_path / "flags.metrics.json")["metrics"]
+    # BadNets inserts rare tokens (cf, mn, bb, tq): removing one lowers the LM's perplexity far more than
+    # removing a normal word, so the flagged share is mostly poisoned (chance = the poisoned share).
+    assert m["precision"] >= 1.6 * share, m
+    scores = np.array([r["score"] for r in read_jsonl(out)])
+    truth = np.array([r["poisoned"] for r in train], bool)
+    assert scores[truth].mean() > scores[~truth].mean()

@@ -201,14 +201,16 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 class DetectConfig(Strict):
-    detector: str = Field("cube", description="cube | loss")
-    fraction: float = Field(0.25, gt=0, lt=1, description="loss: share of the training set to flag (lowest loss)")
+    detector: str = Field("cube", description="cube | loss | onion")
+    fraction: float = Field(0.25, gt=0, lt=1, description="loss, onion: share of the training set to flag (lowest loss / largest perplexity drop)")
     epochs: int = Field(1, ge=1, description="loss: epochs of fine-tuning from the clean base before scoring")
     lr: float = Field(2e-5, gt=0, description="loss: learning rate of that fine-tuning")
     umap_dim: int = Field(4, ge=2, description="cube: UMAP output dimensions (authors: 4)")
     umap_neighbors: int = Field(100, ge=2, description="cube: UMAP neighbours (authors: 100)")
     umap_min_dist: float = Field(0.25, ge=0, description="cube: UMAP min_dist (authors: 0.25)")
     min_cluster_size: Optional[int] = Field(None, ge=2, description="cube: HDBSCAN min cluster size (default 5% of a class, at least 10)")
+    lm: str = Field("smollm2", description="onion: causal language model (name or path) that scores perplexity")
+    onion_top_words: int = Field(0, ge=0, description="onion: try removing only the k most surprising words (0 = every word, as ONION)")
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     max_length: int = Field(128, ge=8)
