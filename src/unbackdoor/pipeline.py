@@ -165,7 +165,10 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
         objective.set_reference(predict_logits(model, primary, Collator(tok), cfg.eval_batch_size))
     def on_epoch_end(epoch):
         if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs or objective.should_stop():
-            return {"eval": _evaluate(model, tok, ps, cfg, accelerator, eval_splits)}
+            t = time.time()
+            metrics = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
+            # The loop's clock runs through evaluations: record them, so cost-to-purify can leave them out.
+            return {"eval": metrics, "eval_seconds": round(time.time() - t, 2)}
         return {}
 
     t0 = time.time()
