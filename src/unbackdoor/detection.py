@@ -84,8 +84,7 @@ class LossDetector(Detector):
         data = TokenizedSet(tok, rows, self.cfg.max_length)
         with tempfile.TemporaryDirectory() as tmp:
             train_loop(model, tok, CrossEntropy(), data,
-                       LoopConfig(self.cfg.epochs, self.cfg.lr, self.cfg.batch_size, seed=self.cfg.seed,
-                                  checkpoint_every=0), tmp, progress=True)
+                       LoopConfig.of(self.cfg, checkpoint_every=0), tmp, progress=True)
         logits = predict_logits(model, data, Collator(tok), self.cfg.eval_batch_size)
         losses = torch.nn.functional.cross_entropy(logits, torch.tensor(data.labels), reduction="none").numpy()
         return Detection(-losses, lowest_fraction(losses, self.cfg.fraction),

@@ -115,9 +115,7 @@ def run_train(poisoned_set: str | Path, cfg: TrainConfig, out_dir: str | Path, c
     model = _prepare_model(model, cfg, cfg.lora)
     t0 = time.time()
     state = train_loop(model, tok, CrossEntropy(), TokenizedSet(tok, rows, cfg.max_length),
-                       LoopConfig(cfg.epochs, cfg.lr, cfg.batch_size, cfg.grad_clip, cfg.weight_decay, cfg.scheduler,
-                                  cfg.warmup_ratio, cfg.seed, cfg.eval_batch_size,
-                                  cfg.checkpoint_every),
+                       LoopConfig.of(cfg),
                        out_dir, accelerator=accelerator, progress=progress)
     train_seconds = time.time() - t0
     metrics = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
@@ -173,8 +171,7 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
 
     t0 = time.time()
     state = train_loop(model, tok, objective, primary,
-                       LoopConfig(cfg.epochs, cfg.lr, cfg.batch_size, cfg.grad_clip, cfg.weight_decay, cfg.scheduler,
-                                  0.0, cfg.seed, cfg.eval_batch_size, cfg.checkpoint_every),
+                       LoopConfig.of(cfg),
                        out_dir, paired=TokenizedSet(tok, dc, cfg.max_length), on_epoch_end=on_epoch_end,
                        accelerator=accelerator, progress=progress)
     seconds = time.time() - t0

@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -136,6 +136,12 @@ class LoopConfig:
     seed: int = 42
     eval_batch_size: int = 128
     checkpoint_every: int = 1
+
+    @classmethod
+    def of(cls, cfg, **overrides) -> "LoopConfig":
+        """The loop settings a stage config (train, unlearn, detect) shares with the loop, by field name."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in cfg.model_dump().items() if k in names}, **overrides})
 
 
 def set_seed(seed: int) -> None:
