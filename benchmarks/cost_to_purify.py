@@ -6,6 +6,8 @@ and its PACC/CACC curve. ΔPACC is |PACC - PACC(ReTrain)| from the same invocati
 the training time RGA needs to reach ΔPACC <= 2 (evaluations left out), as a fraction of ReTrain's.
 
     python benchmarks/cost_to_purify.py --rows 1000 --test-rows 400 --epochs 30 --eval-every 3
+
+At 600 rows and victim lr 5e-5 MiniLM learned nothing (CACC 50): the defaults are 1,000 rows, lr 1e-4, warm-up 10%.
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ def prepare(a) -> tuple[Path, Path]:
                         "--train-size", str(a.rows), "--test-size", str(a.test_rows), "--out", str(ps)], check=True)
     if not (victim / "metrics.json").is_file():
         subprocess.run(["unbackdoor", "train", "--poisoned-set", str(ps), "--out", str(victim), "--epochs", "3",
-                        "--lr", str(a.victim_lr), "--max-length", str(a.max_length), "--checkpoint-every", "0"],
-                       check=True)
+                        "--lr", str(a.victim_lr), "--warmup-ratio", "0.1", "--max-length", str(a.max_length),
+                        "--checkpoint-every", "0"], check=True)
+    m = json.loads((victim / "metrics.json").read_text())["metrics"]["test"]
+    if m["cacc"] < 65 or m["lfr"] < 80:
+        # A victim that predicts one class everywhere makes every ΔPACC meaningless (seen at 600 rows, lr 5e-5).
+        sys.exit(f"the victim in {victim} did not learn (CACC {m['cacc']:.1f}, LFR {m['lfr']:.1f}): "
+                 "use more --rows or a higher --victim-lr, and delete that folder")
     return ps, victim
 
 
@@ -83,7 +90,7 @@ def main():
     ap.add_argument("--test-rows", type=int, default=400)
     ap.add_argument("--epochs", type=int, default=30, help="unlearning epochs over D_p (paper: 30)")
     ap.add_argument("--lr", type=float, default=2e-5, help="unlearning learning rate (paper: 2e-5)")
-    ap.add_argument("--victim-lr", type=float, default=5e-5)
+    ap.add_argument("--victim-lr", type=float, default=1e-4)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--eval-every", type=int, default=3)
     ap.add_argument("--variants", default=",".join(VARIANTS))
