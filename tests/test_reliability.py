@@ -54,6 +54,18 @@ def test_same_command_same_seed_identical_metrics(tmp_path, poisoned, tiny_victi
     assert read_jsonl(outs[0] / "loss_log.jsonl") == read_jsonl(outs[1] / "loss_log.jsonl")
 
 
+def test_evaluation_schedule_does_not_change_training(tmp_path, poisoned, tiny_victim):
+    """Evaluating every epoch or only at the end must give the same final model."""
+    finals = []
+    for every in (1, 0):
+        out = tmp_path / f"every{every}"
+        assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", "ga",
+                       "--epochs", 2, "--lr", 1e-3, "--max-length", 48, "--seed", 3, "--eval-every", every) == 0
+        m = read_json(out / "metrics.json")
+        finals.append((m["metrics"], [r["loss"] for r in read_jsonl(out / "loss_log.jsonl")]))
+    assert finals[0] == finals[1]
+
+
 def test_divergence_stops_keeps_checkpoint_and_writes_no_metrics(tmp_path, poisoned, tiny_victim, monkeypatch,
                                                                  capsys):
     import torch

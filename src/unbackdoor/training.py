@@ -106,18 +106,23 @@ def forward_logits(model, batch: dict) -> torch.Tensor:
 @torch.no_grad()
 def predict_logits(model, dataset: TokenizedSet, collator: Collator, batch_size: int = 128,
                    accelerator=None) -> torch.Tensor:
-    """Logits for every row, in dataset order (gathered without duplicates across processes)."""
+    """Logits for every row, in dataset order (gathered without duplicates across processes).
+
+    Runs on a forked RNG: a DataLoader draws a seed from the global generator even without
+    shuffling, so an evaluation mid-training would otherwise change the dropout masks that follow,
+    and the evaluation schedule would change the trained model."""
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
     out = []
-    for batch in loader:
-        logits = forward_logits(model, batch).float()
-        if accelerator is not None:
-            logits = accelerator.gather_for_metrics(logits)
-        out.append(logits.cpu())
+    with torch.random.fork_rng(devices=[]):
+        for batch in loader:
+            logits = forward_logits(model, batch).float()
+            if accelerator is not None:
+                logits = accelerator.gather_for_metrics(logits)
+            out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
