@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -21,21 +20,11 @@ from _common import interleaved, write_results  # noqa: E402
 def child(point: str, batch: int) -> dict:
     import tempfile
 
-    from unbackdoor.config import DataConfig
-    from unbackdoor.data import load_data
-    from unbackdoor.models import load_classifier
-    from unbackdoor.training import LoopConfig, TokenizedSet, set_seed, train_loop
-    from unbackdoor.unlearning import CrossEntropy
+    from loop_vs_trainer import run_ours
 
     rows, length = map(int, point.split("x"))
-    set_seed(0)
-    data = load_data(DataConfig(dataset="sst2", train_size=rows if rows < 6920 else None))
-    model, tok, _ = load_classifier("minilm", 2, data.label_names, for_training=True)
-    ds = TokenizedSet(tok, data.train, length)
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        train_loop(model, tok, CrossEntropy(), ds, LoopConfig(1, 2e-5, batch, checkpoint_every=0), out, progress=False)
-        seconds = time.perf_counter() - t0
+        seconds, ds, _ = run_ours(rows if rows < 6920 else None, batch, length, out)  # None: the whole set
     return {"variant": point, "rows": len(ds), "max_length": length, "seconds": seconds,
             "tokens": sum(len(f["input_ids"]) for f in ds.features)}
 
