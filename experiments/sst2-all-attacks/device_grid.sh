@@ -1,4 +1,11 @@
 #!/bin/bash
+# The script that produced this experiment, as run on the lent GPU machine (from the repository root:
+# `DEADLINE=555 bash .dev/gpu_grid.sh`, then `WAVES="addsent:2022 hiddenkiller:2022 stylebkd:2022 badnets:2022"`).
+# That machine has no network and takes at most 64 MiB of files, so .dev/ (git-ignored) carried:
+#   .dev/data/      sst2/, paraphrases/{syntactic,bible}/sst2/, rga_reference/ copied from ../shared/datasets
+#   .dev/minilm16/  the embedded MiniLM's config and tokenizer files, weights cast to fp16 (model16.safetensors)
+#   .dev/whl/       pydantic 2.14.3, pydantic_core 2.50.4 (cp312), annotated-types, typing-inspection, typing_extensions
+# On a machine with the package installed, `unbackdoor run paper-sst2 ...` (README) is the same grid.
 # Device script: the paper-sst2 grid, one `unbackdoor run` process per (attack, seed), all at once on one GPU.
 # Results (no weights) are packed into $OUT/results.tgz every 20 s, so finished cells come back even on a timeout.
 set -u
