@@ -71,6 +71,13 @@ def test_report_table_and_figures(grid):
     assert [a.get_title() for a in fig.axes] == ["Poisoned", "ReTrain", "GA", "NPO", "RGA"]
     report = (grid / "report" / "report.md").read_text()
     assert "trigger shifting" in report and "![confusion matrices]" in report
+    # Each row sits next to the paper's BERT-base SST-2 BadNets number, with the difference.
+    paper = {ln.split("|")[3].strip(): ln for ln in report.split("## Against the paper")[1].splitlines()
+             if ln.startswith("| sst2 | badnets")}
+    assert list(paper) == ["Poisoned", "ReTrain", "GA", "NPO", "RGA"]
+    retrain = next(r for r in rows if r["method"] == "retrain")
+    cells = [c.strip() for c in paper["ReTrain"].split("|")]
+    assert cells[7] == "90.54" and cells[8] == f"{retrain['pacc'] - 90.54:+.2f}"
 
 
 def test_killed_grid_resumes_without_redoing_finished_stages(tmp_path, tiny_base, shared_root, tmp_cache):

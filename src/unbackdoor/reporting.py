@@ -111,6 +111,54 @@ def table_latex(rows) -> str:
     return "\n".join(out) + "\n"
 
 
+# The paper's BERT-base numbers (Table 2 for ReTrain/GA/NPO/RGA, Table 3 for the poisoned model):
+# 3-seed means, (LFR, PACC) per dataset, attack and method. Reports put every matching cell of a
+# results folder next to them, so a reader sees at once where a run reproduces the paper.
+PAPER_BERT = {
+    ("sst2", "badnets"): {"victim": (100.00, 49.92), "retrain": (12.31, 90.54), "ga": (0.00, 50.08),
+                          "npo": (1.32, 74.24), "rga": (13.37, 90.34)},
+    ("sst2", "addsent"): {"victim": (100.00, 49.92), "retrain": (21.19, 87.28), "ga": (0.00, 50.08),
+                          "npo": (0.00, 52.66), "rga": (11.73, 89.57)},
+    ("sst2", "hiddenkiller"): {"victim": (97.33, 51.11), "retrain": (28.69, 74.39), "ga": (0.55, 52.58),
+                               "npo": (1.24, 53.89), "rga": (25.22, 74.55)},
+    ("sst2", "stylebkd"): {"victim": (86.80, 55.64), "retrain": (23.57, 80.85), "ga": (2.59, 64.29),
+                           "npo": (3.66, 69.08), "rga": (17.40, 81.13)},
+    ("hsol", "badnets"): {"victim": (100.00, 49.98), "retrain": (7.35, 94.74), "ga": (0.00, 50.25),
+                          "npo": (0.29, 58.62), "rga": (7.08, 94.81)},
+    ("hsol", "addsent"): {"victim": (100.00, 49.98), "retrain": (8.42, 94.46), "ga": (0.00, 50.02),
+                          "npo": (0.03, 54.01), "rga": (6.33, 94.89)},
+    ("hsol", "hiddenkiller"): {"victim": (99.41, 50.21), "retrain": (48.19, 74.47), "ga": (0.21, 50.30),
+                               "npo": (0.43, 50.84), "rga": (44.86, 74.70)},
+    ("hsol", "stylebkd"): {"victim": (95.36, 52.25), "retrain": (35.77, 81.02), "ga": (2.68, 68.53),
+                           "npo": (3.19, 70.78), "rga": (35.13, 80.83)},
+    ("agnews", "badnets"): {"victim": (80.58, 38.80), "retrain": (1.11, 90.20), "ga": (1.11, 60.13),
+                            "npo": (2.22, 88.70), "rga": (2.98, 88.76)},
+    ("agnews", "addsent"): {"victim": (99.65, 25.27), "retrain": (1.24, 90.10), "ga": (0.00, 25.03),
+                            "npo": (2.22, 89.63), "rga": (4.17, 89.59)},
+    ("agnews", "hiddenkiller"): {"victim": (87.11, 33.73), "retrain": (2.31, 79.43), "ga": (0.13, 38.23),
+                                 "npo": (1.60, 74.40), "rga": (8.00, 80.13)},
+    ("agnews", "stylebkd"): {"victim": (58.26, 52.90), "retrain": (1.77, 83.29), "ga": (2.35, 73.73),
+                             "npo": (1.91, 81.83), "rga": (10.44, 82.46)},
+}
+
+
+def paper_comparison(rows) -> str:
+    """Markdown table of this run's LFR and PACC next to the paper's BERT-base numbers ("" if no cell matches)."""
+    lines = []
+    for r in rows:
+        paper = PAPER_BERT.get((r["dataset"], r["attack"]), {}).get(r["method"])
+        if paper is None or r["pacc"] is None:
+            continue
+        lines.append(f"| {r['dataset']} | {r['attack']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
+                     f"{_fmt(r['lfr'], r['lfr_std'], r['seeds'])} | {paper[0]:.2f} | "
+                     f"{_fmt(r['pacc'], r['pacc_std'], r['seeds'])} | {paper[1]:.2f} | {round(r['pacc'] - paper[1], 2) + 0.0:+.2f} |")
+    if not lines:
+        return ""
+    return "\n".join(["## Against the paper (BERT-base, Tables 2 and 3, 3-seed means)", "",
+                      "| dataset | attack | method | LFR | paper LFR | PACC | paper PACC | PACC − paper |",
+                      "|---|---|---|---|---|---|---|---|", *lines]) + "\n"
+
+
 # ---------------------------------------------------------------- figures
 
 def _save(fig, path: Path) -> list[Path]:
@@ -121,7 +169,8 @@ def _save(fig, path: Path) -> list[Path]:
     for ext in ("png", "pdf"):
         p = path.with_suffix(f".{ext}")
         tmp = p.with_name(f".{p.stem}.tmp.{ext}")
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        # No creation date in the PDF: the same results give the same file, so regenerated reports diff cleanly.
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
         tmp.replace(p)
         outs.append(p)
     plt.close(fig)
@@ -237,7 +286,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, spl
           "with the trigger in *every* class (true labels); **ΔPACC** |PACC − PACC(ReTrain)| (lower = closer to "
           "a model never poisoned; best in bold); **Shift gap** target-class recall on clean minus on triggered "
           "inputs (large = trigger shifting: triggered target-class samples flipped away).", "",
-          table_markdown(rows), extra_md]
+          table_markdown(rows), paper_comparison(rows), extra_md]
     cells = defaultdict(dict)
     for r in results:
         cells[(r["dataset"], r["attack"], r["seed"])][r["method"]] = r
