@@ -116,3 +116,26 @@ def test_onion_ranks_planted_trigger_words_above_chance(tmp_path, poisoned, smol
     scores = np.array([r["score"] for r in read_jsonl(out)])
     truth = np.array([r["poisoned"] for r in train], bool)
     assert scores[truth].mean() > scores[~truth].mean()
+
+
+
+def test_loss_detector_flags_planted_triggers_above_chance(tmp_path, poisoned, tmp_cache):
+    # The loss detector fine-tunes the victim's clean base (read from its unbackdoor.json) and flags the
+    # rows with the lowest loss after it. It needs a base that can learn the trigger in a
+    # few steps, so this uses the embedded MiniLM: only the recorded base matters, not the victim's weights.
+    import json
+
+    from unbackdoor.config import DetectConfig
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "unbackdoor.json").write_text(json.dumps({"base_model": "minilm"}))
+    rows = read_jsonl(poisoned / "train.jsonl")
+    truth = np.array([r["poisoned"] for r in rows], bool)
+    share = truth.mean()
+    det = build_detector(DetectConfig(detector="loss", epochs=4, lr=1e-4, batch_size=16, max_length=48,
+                                      fraction=float(share))).detect(rows, ["negative", "positive"], victim)
+    # Measured: precision 0.395 against a poisoned share of 0.2375 (1.66x); the detector is weak, not random.
+    assert precision_recall_f1(det.flags, truth)["precision"] >= 1.3 * share
+    scores = np.asarray(det.scores)
+    assert scores[truth].mean() > scores[~truth].mean()  # lower loss on the poisoned rows on average

@@ -203,7 +203,7 @@ def resolve_config_path(name_or_path: str) -> Path:
 class DetectConfig(Strict):
     detector: str = Field("cube", description="cube | loss | onion")
     fraction: float = Field(0.25, gt=0, lt=1, description="loss, onion: share of the training set to flag (lowest loss / largest perplexity drop)")
-    epochs: int = Field(1, ge=1, description="loss: epochs of fine-tuning from the clean base before scoring")
+    epochs: int = Field(1, ge=1, description="loss: epochs of fine-tuning from the clean base; then the lowest-loss rows are flagged (the trigger must get learned first: on MiniLM/SST-2, 3 epochs at 1e-4)")
     lr: float = Field(2e-5, gt=0, description="loss: learning rate of that fine-tuning")
     umap_dim: int = Field(4, ge=2, description="cube: UMAP output dimensions (authors: 4)")
     umap_neighbors: int = Field(100, ge=2, description="cube: UMAP neighbours (authors: 100)")

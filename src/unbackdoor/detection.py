@@ -87,8 +87,12 @@ class LossDetector(Detector):
                        LoopConfig.of(self.cfg, checkpoint_every=0), tmp, progress=True)
         logits = predict_logits(model, data, Collator(tok), self.cfg.eval_batch_size)
         losses = torch.nn.functional.cross_entropy(logits, torch.tensor(data.labels), reduction="none").numpy()
+        # One snapshot after the last epoch. Averaging each row's loss over the epochs was tried and is
+        # worse on SST-2 BadNets (precision 0.16 vs 0.37 at 3 epochs, lr 1e-4): before the trigger is
+        # learned the poisoned rows are mid-loss (they contradict their text's sentiment).
         return Detection(-losses, lowest_fraction(losses, self.cfg.fraction),
-                         {"epochs": self.cfg.epochs, "fraction": self.cfg.fraction})
+                         {"epochs": self.cfg.epochs, "fraction": self.cfg.fraction,
+                          "mean_loss": round(float(losses.mean()), 4)})
 
 
 # ---------------------------------------------------------------- CUBE (clustering the poisoned model's features)
