@@ -154,3 +154,18 @@ def test_crash_leftovers_repaired_and_other_experiments_not_merged(tmp_path, tin
     cfg.write_text(yaml.safe_dump(data))
     assert run_cli("run", cfg) == 2
     assert "holds results of a different experiment (sections ['unlearn'] differ" in capsys.readouterr().err
+
+
+def test_git_revision_is_read_once_per_process(monkeypatch):
+    # A commit made while a long run goes on must not be recorded as the revision of that run's results.
+    import subprocess
+
+    from unbackdoor.artifacts import git_revision
+
+    first = git_revision()
+
+    def no_git(*a, **k):
+        raise AssertionError("git asked again")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert git_revision() == first

@@ -262,6 +262,9 @@ def _print_metrics(metrics: dict, title: str) -> None:
 
 
 def main(argv=None):
+    from .artifacts import git_revision
+
+    git_revision()
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:
