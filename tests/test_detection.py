@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from unbackdoor.artifacts import read_json, read_jsonl
+from unbackdoor.artifacts import read_json, read_jsonl, write_json
 from unbackdoor.config import DetectConfig
 from unbackdoor.detection import build_detector, cube_flags, lowest_fraction, precision_recall_f1
 from unbackdoor.errors import ConfigError
@@ -118,18 +118,14 @@ def test_onion_ranks_planted_trigger_words_above_chance(tmp_path, poisoned, smol
     assert scores[truth].mean() > scores[~truth].mean()
 
 
-
 def test_loss_detector_flags_planted_triggers_above_chance(tmp_path, poisoned, tmp_cache):
     # The loss detector fine-tunes the victim's clean base (read from its unbackdoor.json) and flags the
     # rows with the lowest loss after it. It needs a base that can learn the trigger in a
     # few steps, so this uses the embedded MiniLM: only the recorded base matters, not the victim's weights.
-    import json
-
-    from unbackdoor.config import DetectConfig
+    from unbackdoor.models import META_FILE
 
     victim = tmp_path / "victim"
-    victim.mkdir()
-    (victim / "unbackdoor.json").write_text(json.dumps({"base_model": "minilm"}))
+    write_json(victim / META_FILE, {"base_model": "minilm"})
     rows = read_jsonl(poisoned / "train.jsonl")
     truth = np.array([r["poisoned"] for r in rows], bool)
     share = truth.mean()

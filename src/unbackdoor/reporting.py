@@ -79,6 +79,7 @@ def table_markdown(rows) -> str:
             if key == "delta_pacc" and _is_best(r, best):
                 s = f"**{s}**"
             cells.append(s)
+        # + 0.0 turns a rounded -0.0 into 0.0, so an exact match prints +0.00, not -0.00.
         lines.append(f"| {r['dataset']} | {r['attack']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -149,6 +150,7 @@ def paper_comparison(rows) -> str:
         paper = PAPER_BERT.get((r["dataset"], r["attack"]), {}).get(r["method"])
         if paper is None or r["pacc"] is None:
             continue
+        # + 0.0 turns a rounded -0.0 into 0.0, so an exact match prints +0.00, not -0.00.
         lines.append(f"| {r['dataset']} | {r['attack']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
                      f"{_fmt(r['lfr'], r['lfr_std'], r['seeds'])} | {paper[0]:.2f} | "
                      f"{_fmt(r['pacc'], r['pacc_std'], r['seeds'])} | {paper[1]:.2f} | {round(r['pacc'] - paper[1], 2) + 0.0:+.2f} |")
