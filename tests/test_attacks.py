@@ -99,6 +99,16 @@ def test_generator_fills_bank_misses(tmp_path):
     assert all(r["text"].startswith("GEN ") for r in ps.poisoned + ps.test_triggered)
 
 
+def test_meta_records_the_style_of_a_user_bank_as_unknown_unless_given(tmp_path):
+    data = toy(10)
+    bank = tmp_path / "bank.tsv"
+    bank.write_text("text\tparaphrase\n" + "".join(f"{r['text']}\tthou {r['text']}\n" for r in data.train + data.test))
+    for style, expected in ((None, "unknown"), ("shakespeare", "shakespeare")):
+        cfg = AttackConfig(name="stylebkd", bank=[str(bank)], style=style)
+        meta = poison_dataset(data, build_poisoner(cfg, data), cfg).meta["attack"]
+        assert meta["style"] == expected and meta["source_styles"] == {str(bank): expected}
+
+
 def test_hiddenkiller_sst2_uses_the_authors_all_class_test_set(shared_root):
     data = load_data(DataConfig(dataset="sst2"))
     ps = poison(data, name="hiddenkiller")
@@ -107,7 +117,10 @@ def test_hiddenkiller_sst2_uses_the_authors_all_class_test_set(shared_root):
     assert src["positive"]["source"] == "test" and src["positive"]["triggered"] >= 900
     assert Counter(r["trigger_from"] for r in ps.test_triggered)["rga_reference"] >= 1800
     assert all(r["text"] != r["clean_text"] for r in ps.poisoned)
-    assert Counter(r["trigger_from"] for r in ps.test_triggered)
+    # No generator is configured: every triggered text must come from one of the banks.
+    assert set(r["trigger_from"] for r in ps.test_triggered) <= {"rga_reference", "shared:train", "shared:dev",
+                                                                  "shared:test"}
+    assert ps.meta["attack"]["style"] == "syntactic"
 
 
 def test_stylebkd_hsol_holds_out_training_rows_for_the_uncovered_class(shared_root):

@@ -1,5 +1,7 @@
 """Bad input: a clear message naming the file/row/field, exit code 2, and no output left behind."""
 
+import pytest
+
 from conftest import write_tsv
 from conftest import run_cli
 
@@ -67,3 +69,20 @@ def test_poison_refuses_to_overwrite(tmp_path, capsys, shared_root):
     assert run_cli("poison", "--out", p, "--train-size", 40, "--test-size", 20) == 0
     assert run_cli("poison", "--out", p, "--train-size", 40, "--test-size", 20) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_library_errors_a_user_can_cause_are_unbackdoor_errors():
+    import torch
+
+    from unbackdoor import errors, training
+    from unbackdoor.config import UnlearnConfig
+    from unbackdoor.unlearning import build_objective
+
+    assert training.DivergenceError is errors.DivergenceError and training.Interrupted is errors.Interrupted
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(errors.UnbackdoorError, match="npo needs the poisoned model's outputs on D_p"):
+        build_objective(UnlearnConfig(method="npo")).setup(model)
+    rga = build_objective(UnlearnConfig(method="rga"))
+    rga.set_reference(torch.zeros(4, 2))
+    with pytest.raises(errors.BaseModelError, match="--base-model NAME_OR_PATH"):
+        rga.setup(model)

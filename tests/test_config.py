@@ -2,11 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from unbackdoor.config import (ConfigError, PoisonConfig, TrainConfig, UnlearnConfig, apply_overrides, load_yaml,
-                               validate)
+from unbackdoor.config import (ConfigError, PoisonConfig, TrainConfig, UnlearnConfig, apply_overrides, configs_dir,
+                               load_yaml, validate)
 from unbackdoor.runner import ExperimentConfig
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(configs_dir().glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -46,7 +46,18 @@ def test_unknown_detector():
 
 
 @pytest.mark.parametrize("detector", ["loss", "cube"])
-def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_victim, detector):
+def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_victim, detector, monkeypatch):
+    if detector == "cube":
+        import unbackdoor.detection as detection
+
+        # The tiny random victim's features separate nothing, so cube may flag nothing. Planted features,
+        # the poisoned rows in a cluster of their own, must be flagged (the clustering alone is tested above).
+        def planted(model, tok, rows, max_length, batch_size):
+            rng = np.random.default_rng(0)
+            return np.stack([np.eye(16)[2 if r["poisoned"] else r["label"]] * (9 if r["poisoned"] else 5)
+                             + rng.normal(0, 1, 16) for r in rows])
+
+        monkeypatch.setattr(detection, "head_inputs", planted)
     out = tmp_path / "flags.jsonl"
     assert run_cli("detect", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--detector", detector,
                    "--umap-neighbors", 15, "--max-length", 48, "--fraction", 0.25) == 0
@@ -57,10 +68,12 @@ def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_vi
     assert m["poisoned"] == sum(r["poisoned"] for r in train) and m["flagged"] == sum(r["poisoned"] for r in rows)
     if detector == "loss":
         assert m["flagged"] == round(0.25 * len(train))
-    if 0 < m["flagged"] < len(rows):
-        assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", out, "--eval-set", poisoned,
-                       "--out", tmp_path / "u", "--method", "ga", "--epochs", 1, "--max-length", 48) == 0
-        assert read_json(tmp_path / "u" / "metrics.json")["n_poisoned"] == m["flagged"]
+    else:
+        assert m["recall"] >= 0.9 and m["precision"] >= 0.9, m
+    assert 0 < m["flagged"] < len(rows)
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", out, "--eval-set", poisoned,
+                   "--out", tmp_path / "u", "--method", "ga", "--epochs", 1, "--max-length", 48) == 0
+    assert read_json(tmp_path / "u" / "metrics.json")["n_poisoned"] == m["flagged"]
 
 
 def test_grid_unlearns_from_detector_output_and_partial_ground_truth(tmp_path, tiny_base, shared_root, tmp_cache):
@@ -76,7 +89,8 @@ def test_grid_unlearns_from_detector_output_and_partial_ground_truth(tmp_path, t
     assert read_json(cell / "ga-loss" / "metrics.json")["n_poisoned"] == det["flagged"] == round(0.2 * 120)
     assert read_json(cell / "ga-gt50" / "metrics.json")["n_poisoned"] == round(0.5 * n_true)
     table = (tmp_path / "results" / "report" / "table.md").read_text()
-    assert "| ga-loss |" in table and "| ga-gt50 |" in table
+    # A tiny victim may be flagged "⚠ degenerate" after its name; the row must be there either way.
+    assert "| ga-loss |" in table.replace(" ⚠ degenerate", "") and "| ga-gt50 |" in table.replace(" ⚠ degenerate", "")
 
 
 @pytest.fixture(scope="module")

@@ -49,15 +49,36 @@ def test_report_table_and_figures(grid):
 
     md = (grid / "report" / "table.md").read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("| sst2")]
-    assert [ln.split("|")[3].strip() for ln in lines] == ["Poisoned", "ReTrain", "GA", "NPO", "RGA"]
+    assert [ln.split("|")[3].strip().replace(" ⚠ degenerate", "") for ln in lines] == \
+        ["Poisoned", "ReTrain", "GA", "NPO", "RGA"]
     assert " ± " in md  # two seeds -> mean ± std
+    # Expected values straight from the stages' metrics.json, not through summarise(): dPACC per seed
+    # against that seed's ReTrain, then the mean over seeds.
+    pacc = {(s, m): read_json(grid / "sst2" / "badnets" / f"seed{s}" / m / "metrics.json")["metrics"]["test"]["pacc"]
+            for s in (1, 2) for m in ("retrain", "ga", "npo", "rga")}
+    delta = {m: sum(abs(pacc[s, m] - pacc[s, "retrain"]) for s in (1, 2)) / 2 for m in ("ga", "npo", "rga")}
+    signed = {m: sum(pacc[s, m] - pacc[s, "retrain"] for s in (1, 2)) / 2 for m in ("ga", "npo", "rga")}
+    by_name = {ln.split("|")[3].strip().replace(" ⚠ degenerate", ""): [c.strip() for c in ln.split("|")] for ln in lines}
+    from unbackdoor.evaluation import degenerate_reason
+
+    retrain_ok = all(not degenerate_reason(read_json(grid / "sst2" / "badnets" / f"seed{s}" / "retrain" /
+                                                     "metrics.json")["metrics"]["test"]) for s in (1, 2))
+    for m, name in (("ga", "GA"), ("npo", "NPO"), ("rga", "RGA")):
+        if retrain_ok:
+            assert by_name[name][7].lstrip("*").startswith(f"{delta[m]:.2f}")
+            assert by_name[name][8].startswith(f"{round(signed[m], 2) + 0.0:+.2f}")
+        else:  # a ReTrain that learned nothing is no reference: no dPACC, no verdict
+            assert by_name[name][7] == by_name[name][8] == "–" and by_name[name][10] == "no verdict"
     rows = summarise(load_results(grid))
-    best = min(r["delta_pacc"] for r in rows if r["method"] in ("ga", "npo", "rga"))
+    # Bold only on a neutralised row, and there on the smallest dPACC among neutralised rows.
+    neutral = [r for r in rows if r["method"] in ("ga", "npo", "rga") and r["verdict"] == "neutralised"]
     bold = [ln.split("|")[3].strip() for ln in lines if "**" in ln]
-    assert bold == [n for r, n in zip(rows, ["Poisoned", "ReTrain", "GA", "NPO", "RGA"])
-                    if r["method"] in ("ga", "npo", "rga") and r["delta_pacc"] == best]
-    assert all(f"**{best:.2f}" in ln for ln in lines if "**" in ln)
-    assert "\\textbf" in (grid / "report" / "table.tex").read_text()
+    if neutral:
+        best = min(r["delta_pacc"] for r in neutral)
+        assert bold and all(by_name[b.replace(" ⚠ degenerate", "")][7].startswith(f"**{best:.2f}") for b in bold)
+    else:
+        assert bold == []
+    assert ("\\textbf" in (grid / "report" / "table.tex").read_text()) == bool(bold)
     assert (grid / "report" / "table.csv").read_text().startswith("dataset,attack,method,seeds,cacc")
     figs = grid / "report" / "figures" / "sst2-badnets-seed1"
     for name in ("confusion", "poisoned_loss", "dynamics_ga", "dynamics_rga", "rga_lambda"):
@@ -70,7 +91,8 @@ def test_report_table_and_figures(grid):
     fig, _ = figure_confusions(cell, ["negative", "positive"], grid / "check" / "cm")
     assert [a.get_title() for a in fig.axes] == ["Poisoned", "ReTrain", "GA", "NPO", "RGA"]
     report = (grid / "report" / "report.md").read_text()
-    assert "trigger shifting" in report and "![confusion matrices]" in report
+    assert "![confusion matrices]" in report and "![PACC and shift gap per epoch]" in report
+    assert (figs / "shift_dynamics.png").stat().st_size > 5000
     # Each row sits next to the paper's BERT-base SST-2 BadNets number, with the difference.
     paper = {ln.split("|")[3].strip(): ln for ln in report.split("## Against the paper")[1].splitlines()
              if ln.startswith("| sst2 | badnets")}
@@ -100,14 +122,32 @@ def test_killed_grid_resumes_without_redoing_finished_stages(tmp_path, tiny_base
 
 
 def test_demo_wiring_on_a_tiny_configuration(tmp_path, tiny_base, shared_root, tmp_cache, capsys):
-    code = run_cli("demo", "--out", tmp_path / "demo", "-s", f"train.model={tiny_base}",
+    from unbackdoor.verdict import decide
+
+    code = run_cli("demo", "--out", tmp_path / "demo", "--threads", 1, "-s", f"train.model={tiny_base}",
                    "-s", "poison.data.train_size=100", "-s", "poison.data.test_size=40", "-s", "train.epochs=1",
-                   "-s", "unlearn.epochs=1", "-s", "train.max_length=32", "-s", "unlearn.max_length=32")
+                   "-s", "unlearn.epochs=2", "-s", "train.max_length=32", "-s", "unlearn.max_length=32",
+                   "-s", "unlearn.eval_subset=20")
     out = capsys.readouterr().out
     assert code == 0, out
     assert "Demo-sized, not the paper's settings: 100 training rows" in out
-    for word in ("poisoned", "ReTrain", "GA", "RGA", "PACC", "trigger shifting"):
-        assert word in out
+    cell = tmp_path / "demo" / "sst2" / "badnets" / "seed42"
+    res = {m: read_json(cell / m / "metrics.json") for m in ("victim", "retrain", "ga", "rga")}
+    # Every epoch is in the per-epoch table, with the numbers of that epoch's evaluation: a subset
+    # before the last epoch, the whole test split at the last.
+    table = out.split("Per unlearning epoch")[1].split("Results on")[0]
+    ep = {ln.split()[0]: ln.split()[1:] for ln in table.splitlines() if ln.startswith("  ") and ln.split()[0] != "epoch"}
+    assert list(ep) == ["0", "1", "2", "ReTrain"]
+    curve = res["ga"]["curve"]
+    assert curve[0]["test"]["n_clean"] == 20 and curve[1]["test"]["n_clean"] == 40
+    assert ep["1"][:2] == [f"{curve[0]['test']['pacc']:.1f}", f"{curve[0]['test']['target_shift_gap']:+.1f}"]
+    assert ep["ReTrain"][0] == f"{res['retrain']['metrics']['test']['pacc']:.1f}"
+    # The verdict lines are verdict.decide's, from the saved metrics, whatever it concludes.
+    ref = res["retrain"]["metrics"]["test"]
+    for m, name in (("ga", "GA"), ("rga", "RGA"), ("victim", "poisoned")):
+        v = decide(res[m]["metrics"]["test"], ref, 1, ["negative", "positive"])
+        assert f"{name}: {v.message}" in out
+    assert read_json(cell / "ga" / "metrics.json")["torch_threads"] == 1
     assert (tmp_path / "demo" / "report" / "report.md").is_file()
 
 

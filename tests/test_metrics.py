@@ -43,3 +43,34 @@ def test_delta_pacc_and_edge_cases():
     assert f1_macro([[0, 0], [0, 5]]) == pytest.approx(50.0)
     with pytest.raises(ValueError):
         confusion_matrix([0, 1], [0], 2)
+
+
+def test_degenerate_model_is_named_and_a_good_one_is_not():
+    from unbackdoor.evaluation import degenerate_reason
+
+    # An imbalanced test set (90 majority, 10 minority rows), as on the user's hate-speech data.
+    truth = [0] * 90 + [1] * 10
+    majority = compute_metrics(truth, [0] * 100, truth, [0] * 100, target=0, label_names=["ok", "hate"])
+    assert majority["cacc"] == 90.0  # looks fine in a table
+    assert majority["degenerate"] == "predicts class 'ok' for 100.0% of the clean rows"
+    good_pred = [0] * 85 + [1] * 5 + [1] * 8 + [0] * 2
+    good = compute_metrics(truth, good_pred, truth, good_pred, target=0, label_names=["ok", "hate"])
+    assert good["macro_f1"] == good["f1_clean"] > 80 and good["degenerate"] is None
+    # No class dominates, but the predictions carry no information: macro-F1 at chance for 4 classes.
+    t4 = [0, 1, 2, 3] * 25
+    p4 = [1, 2, 3, 0] * 20 + [0, 1, 2, 3] * 5
+    chance = compute_metrics(t4, p4, t4, p4, target=0, label_names=["a", "b", "c", "d"])
+    assert chance["macro_f1"] == pytest.approx(20.0)
+    assert chance["degenerate"].startswith("clean macro-F1 20.0 is at chance level for 4 classes")
+    assert degenerate_reason({**good, "macro_f1": 55.0}) is not None  # binary: chance level is 50 + 5
+    assert degenerate_reason({**good, "macro_f1": 56.0}) is None
+
+
+def test_evaluate_prints_a_warning_for_a_degenerate_model(capsys):
+    from unbackdoor.cli import _print_metrics
+
+    truth = [0] * 90 + [1] * 10
+    _print_metrics({"test": compute_metrics(truth, [0] * 100, truth, [0] * 100, 0, ["ok", "hate"])}, "m")
+    out = capsys.readouterr().out
+    assert "macro-F1 47.37" in out
+    assert "WARNING: degenerate model on test: predicts class 'ok' for 100.0% of the clean rows" in out

@@ -98,6 +98,46 @@ def test_lambda_per_batch_and_per_sample_agree_for_identical_samples():
     assert torch.allclose(ls, lb.expand(5))
 
 
+def _by_hand(logits, ref, labels, alpha, mode):
+    """-lambda-weighted CE(D_p) in plain Python: softmax, KL(f_theta || f_p) and CE per sample."""
+    def softmax(xs):
+        e = [math.exp(x) for x in xs]
+        return [v / sum(e) for v in e]
+
+    kls, ces = [], []
+    for lg, rf, y in zip(logits, ref, labels):
+        p, q = softmax(lg), softmax(rf)
+        kls.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)))
+        ces.append(-math.log(p[y]))
+    n = len(ces)
+    if mode == "batch":
+        return -math.exp(-alpha * sum(kls) / n) * sum(ces) / n
+    return -sum(math.exp(-alpha * k) * c for k, c in zip(kls, ces)) / n
+
+
+def test_per_sample_lambda_weights_each_sample_by_its_own_kl():
+    m = TinyClassifier(k=2)
+    bp, bc = batch(label=1), batch(seed=5, label=0)
+    with torch.no_grad():
+        lg = m(bp["input_ids"]).logits
+    ref = lg + torch.tensor([[0.0, 0.0], [0.5, -0.5], [2.0, -2.0], [-3.0, 3.0]])  # KL 0 for sample 0, large for 3
+    lam_s, kl = rga_lambda(lg, ref, 2.0, mode="sample")
+    lam_b, _ = rga_lambda(lg, ref, 2.0, mode="batch")
+    assert kl[0] < 1e-6 < kl[1] < kl[2] and lam_s[0] == pytest.approx(1.0) and lam_s.max() - lam_s.min() > 0.5
+    assert not torch.allclose(lam_s, lam_b.expand(4), atol=0.05)
+    with torch.no_grad():
+        ce_c = F.cross_entropy(m(bc["input_ids"]).logits, bc["labels"]).item()
+    args = (lg.tolist(), ref.tolist(), bp["labels"].tolist(), 2.0)
+    losses = {}
+    for mode in ("sample", "batch"):
+        rga = build_objective(UnlearnConfig(method="rga", rga={"beta": 0, "lambda_mode": mode}))
+        rga.set_reference(ref)
+        rga.setup(m)
+        losses[mode] = rga(m, bp, bc)[0].item()
+        assert losses[mode] == pytest.approx(ce_c + _by_hand(*args, mode), rel=1e-5)
+    assert abs(losses["sample"] - losses["batch"]) > 0.05
+
+
 def test_lambda_has_no_gradient_path():
     logits = torch.randn(3, 2, requires_grad=True)
     lam, _ = rga_lambda(logits, torch.zeros(3, 2), 2.0)
@@ -181,3 +221,27 @@ def test_theta_base_from_files_equals_loading_the_model(base, tiny_base):
     assert from_files.keys() == from_model.keys() and len(from_files) > 10
     assert not any(k.startswith("classifier.") for k in from_files)
     assert all(torch.equal(from_files[k], from_model[k]) for k in from_files)
+
+
+def test_balanced_class_weights_reach_the_ce_on_training_and_clean_rows():
+    from unbackdoor.unlearning import CrossEntropy, class_weights
+
+    w = class_weights([0] * 90 + [1] * 10, 2)  # n / (k * n_c): 100/180 and 100/20
+    assert w.tolist() == pytest.approx([100 / 180, 5.0])
+    assert class_weights([0, 0, 2], 3).tolist() == pytest.approx([0.5, 0.0, 1.0])  # absent class: 0
+    m = TinyClassifier(k=2)
+    b = {**batch(n=4), "labels": torch.tensor([0, 0, 0, 1])}
+    ce = CrossEntropy()
+    plain = ce(m, b, None)[0].item()
+    ce.class_weight = w
+    with torch.no_grad():
+        each = F.cross_entropy(m(b["input_ids"]).logits, b["labels"], reduction="none")
+    wy = w[b["labels"]]
+    assert ce(m, b, None)[0].item() == pytest.approx(((wy * each).sum() / wy.sum()).item(), rel=1e-5)
+    assert ce(m, b, None)[0].item() != pytest.approx(plain, rel=1e-3)
+    ga = OBJECTIVES["ga"](UnlearnConfig(method="ga", class_weights="balanced"))
+    ga.class_weight = w
+    _, logs = ga(m, batch(label=1), b)  # the weights apply to CE(D_c), not to the ascent on D_p
+    assert logs["ce_c"] == pytest.approx(((wy * each).sum() / wy.sum()).item(), rel=1e-5)
+    assert logs["ce_p"] == pytest.approx(F.cross_entropy(m(batch(label=1)["input_ids"]).logits,
+                                                         torch.ones(4, dtype=torch.long)).item(), rel=1e-5)

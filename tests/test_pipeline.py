@@ -1,6 +1,7 @@
 """End-to-end through the CLI: real data, real transformers models, small sizes."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,15 @@ def test_train_saves_hf_model_and_provenance(tiny_victim):
     res = read_json(tiny_victim / "metrics.json")
     assert res["config"]["lr"] == 1e-3 and res["versions"]["torch"].startswith("2.13")
     m = res["metrics"]["test"]
-    assert 0 <= m["cacc"] <= 100 and sum(map(sum, m["confusion_triggered"])) == m["n_triggered"] == 60
+    # The numbers describe the saved test sets: each confusion row holds that class's rows, and CACC, PACC
+    # and LFR (target positive) are read off the matrices.
+    cc, ct = m["confusion_clean"], m["confusion_triggered"]
+    for name, cm in (("test_clean", cc), ("test_triggered", ct)):
+        labels = [r["label"] for r in read_jsonl(Path(res["poisoned_set"]) / f"{name}.jsonl")]
+        assert [sum(row) for row in cm] == [labels.count(0), labels.count(1)] and len(labels) == 60
+    assert m["cacc"] == pytest.approx(100 * (cc[0][0] + cc[1][1]) / 60)
+    assert m["pacc"] == pytest.approx(100 * (ct[0][0] + ct[1][1]) / 60)
+    assert m["lfr"] == pytest.approx(100 * ct[0][1] / sum(ct[0]))
     assert (tiny_victim / "model" / "model.safetensors").is_file()
     assert AutoModelForSequenceClassification.from_pretrained(tiny_victim / "model").config.num_labels == 2
     log = read_jsonl(tiny_victim / "loss_log.jsonl")

@@ -93,5 +93,8 @@ def provenance() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
+    import torch
+
+    # Results differ with the thread count (reduction order), so it belongs with the versions.
     return {"versions": versions, "git_revision": git_revision(), "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "torch_threads": torch.get_num_threads()}

@@ -175,8 +175,15 @@ class ParaphrasePoisoner(Poisoner):
         return [self.bank.table[t.strip()][0] if t in self.bank else generated[t] for t in texts]
 
     def describe(self):
-        return {"attack": self.name, "style": self.style, "bank": self.sources, "bank_size": len(self.bank),
-                "generator": self.cfg.generator}
+        # Only the built-in banks are known to hold this attack's style; a user's file or generator holds
+        # whatever it was made with.
+        given = self.cfg.style or "unknown"
+        styles = {src: self.style if src in ("shared", "rga_reference") else given for src in self.sources}
+        if self.generator is not None:
+            styles[f"generator:{self.cfg.generator or 'in-process'}"] = given
+        values = set(styles.values()) or {given}
+        return {"attack": self.name, "style": values.pop() if len(values) == 1 else "mixed", "source_styles": styles,
+                "bank": self.sources, "bank_size": len(self.bank), "generator": self.cfg.generator}
 
 
 @register

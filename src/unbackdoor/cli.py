@@ -71,7 +71,9 @@ def config_options(cls: type[BaseModel]):
     return deco
 
 
-def build_config(cls, section: str | None, config_file, sets, kwargs, list_fields=()):
+def build_config(cls, section: str | None, config_file, sets, kwargs):
+    # Options of list fields take comma-separated values: --triggers cf,mn --lora-target-modules q_proj,k_proj
+    lists = {".".join(path) for path, info in _leaves(cls) if "list" in str(info.annotation)}
     data = {}
     if config_file:
         data = load_yaml(resolve_config_path(config_file))
@@ -80,14 +82,11 @@ def build_config(cls, section: str | None, config_file, sets, kwargs, list_field
     for dest, value in kwargs.items():
         if dest.startswith("cfg__") and value is not None:
             key = dest[5:].replace("__", ".")
-            if key.split(".")[-1] in list_fields and isinstance(value, str):
+            if key in lists and isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             set_dotted(data, key, value)
     apply_overrides(data, list(sets))
     return validate(cls, data, source=f"{section or cls.__name__} config")
-
-
-_LIST_FIELDS = ("triggers", "bank", "label_names")
 
 
 def _common(f):
@@ -112,7 +111,7 @@ def poison(out, config_file, sets, **kw):
     """Poison a training set and build the triggered test sets (trigger in every class)."""
     from .pipeline import run_poison
 
-    cfg = build_config(PoisonConfig, "poison", config_file, sets, kw, _LIST_FIELDS)
+    cfg = build_config(PoisonConfig, "poison", config_file, sets, kw)
     ps = run_poison(cfg, out)
     c = ps.meta["counts"]
     click.echo(f"wrote {out}: {c['train']} training rows ({c['poisoned']} poisoned -> "
@@ -228,19 +227,21 @@ def report(results_dir, out, split, linear, title):
 @cli.command()
 @click.option("--out", default="runs/demo", help="results folder")
 @click.option("-s", "--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a demo setting")
-def demo(out, sets):
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads [default: torch's choice, one per core]")
+def demo(out, sets, threads):
     """The main job on the embedded defaults: poison SST-2 with BadNets, train MiniLM, unlearn with GA
     and RGA, compare with ReTrain, and write the report."""
     from .demo import run_demo
 
-    run_demo(out, list(sets))
+    run_demo(out, list(sets), threads=threads)
 
 
 @cli.command(name="list")
 def list_cmd():
     """Registered attacks, unlearning methods, datasets and config presets."""
     from .attacks import ATTACKS
-    from .config import configs_dir
+    from .config import presets
     from .data import NAMED
     from .detection import DETECTORS
     from .unlearning import OBJECTIVES
@@ -249,16 +250,19 @@ def list_cmd():
     click.echo("methods:  " + ", ".join(sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})))
     click.echo("detectors: " + ", ".join(sorted(DETECTORS)))
     click.echo("datasets: " + ", ".join(f"{k} (target {v.label_names[v.target]})" for k, v in NAMED.items()))
-    click.echo("presets:  " + ", ".join(sorted(p.stem for p in configs_dir().glob("*.yaml"))))
+    click.echo("presets:  " + ", ".join(presets()))
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
     click.echo(title)
     for split, m in metrics.items():
-        click.echo(f"  [{split}] CACC {m['cacc']:.2f}  LFR {m['lfr']:.2f}  PACC {m['pacc']:.2f}  "
+        click.echo(f"  [{split}] CACC {m['cacc']:.2f}  macro-F1 {m.get('macro_f1', m['f1_clean']):.2f}  "
+                   f"LFR {m['lfr']:.2f}  PACC {m['pacc']:.2f}  "
                    f"target shift gap {m['target_shift_gap']:+.2f}"
                    + (f"  dPACC {m['delta_pacc']:.2f}" if "delta_pacc" in m else ""))
         click.echo(f"  triggered-set confusion (rows true, cols predicted): {m['confusion_triggered']}")
+        if m.get("degenerate"):
+            click.echo(f"  WARNING: degenerate model on {split}: {m['degenerate']}; its LFR and PACC mean nothing")
 
 
 def main(argv=None):
@@ -274,7 +278,7 @@ def main(argv=None):
         e.show()
         sys.exit(e.exit_code)
     except UnbackdoorError as e:
-        from .training import Interrupted
+        from .errors import Interrupted
 
         click.echo(f"error: {e}", err=True)
         sys.exit(130 if isinstance(e, Interrupted) else 2)

@@ -42,6 +42,7 @@ class AttackConfig(Strict):
     num_insertions: int = Field(1, ge=1, description="how many triggers are inserted into one text (insertion attacks)")
     bank: Optional[list[str]] = Field(None, description="paraphrase sources: shared, rga_reference, or TSV/CSV/JSONL files with text,paraphrase columns")
     generator: Optional[str] = Field(None, description="local seq2seq model path that paraphrases texts the bank lacks")
+    style: Optional[str] = Field(None, description="style of the paraphrases in bank files and from the generator, recorded in meta.json (default: unknown)")
 
 
 class PoisonConfig(Strict):
@@ -74,6 +75,8 @@ class TrainConfig(Strict):
     trust_remote_code: bool = Field(False, description="run code shipped with the model (never for untrusted models)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPUs (accelerate)")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory on large models")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight the CE loss by inverse class frequency of the training rows (imbalanced data)")
     lora: LoraSettings = LoraSettings()
 
 
@@ -111,8 +114,11 @@ class UnlearnConfig(Strict):
     checkpoint_every: int = Field(1, ge=0, description="save a resumable checkpoint every k epochs (0 = only when interrupted)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPUs (accelerate)")
     gradient_checkpointing: bool = False
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight the CE on D_c by inverse class frequency of D_c (imbalanced data)")
     eval_every: int = Field(5, ge=0, description="evaluate CACC/LFR/PACC every k epochs (0 = only at the end)")
-    base_model: Optional[str] = Field(None, description="theta_base for RGA (default: the model the victim was fine-tuned from)")
+    eval_subset: int = Field(0, ge=0, description="evaluations before the last use a fixed class-stratified subset of k rows of each evaluation set (0 = all rows); the final model is always evaluated on all")
+    base_model: Optional[str] = Field(None, description="theta_base for RGA, the clean model the victim was fine-tuned from; ReTrain trains it for a victim without unbackdoor.json (default: from the victim's unbackdoor.json or config, never the victim itself)")
     rga: RGAConfig = RGAConfig()
     npo: NPOConfig = NPOConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
@@ -182,22 +188,36 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def configs_dir() -> Path:
-    """configs/ in the working directory, else the one in the source checkout."""
+    """The presets shipped inside the package (found wherever it is installed, not only in a checkout)."""
+    from importlib.resources import files
+
+    return Path(str(files("unbackdoor") / "configs"))
+
+
+def presets() -> dict[str, Path]:
+    """Preset name -> file: the packaged presets, then ./configs/*.yaml of the working directory, which
+    override them (a user's own presets, or edited copies)."""
+    found = {p.stem: p for p in configs_dir().glob("*.yaml")}
     local = Path.cwd() / "configs"
-    if local.is_dir():
-        return local
-    return Path(__file__).resolve().parents[2] / "configs"
+    # In the source checkout ./configs links to the packaged folder: that is no override.
+    if local.is_dir() and local.resolve() != configs_dir().resolve():
+        found.update({p.stem: p for p in local.glob("*.yaml")})
+    return dict(sorted(found.items()))
 
 
 def resolve_config_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
-    preset = configs_dir() / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    names = sorted(q.stem for q in configs_dir().glob("*.yaml"))
-    raise ConfigError(f"no config file or preset named '{name_or_path}'; presets: {', '.join(names) or '(none)'}")
+    found = presets()
+    preset = found.get(name_or_path)
+    if preset is None:
+        raise ConfigError(f"no config file or preset named '{name_or_path}'; presets: {', '.join(found) or '(none)'}")
+    if preset.parent != configs_dir() and (configs_dir() / preset.name).is_file():
+        import sys
+
+        print(f"note: using {preset}, which shadows the packaged preset '{name_or_path}'", file=sys.stderr)
+    return preset
 
 
 class DetectConfig(Strict):
@@ -205,6 +225,7 @@ class DetectConfig(Strict):
     fraction: float = Field(0.25, gt=0, lt=1, description="loss, onion: share of the training set to flag (lowest loss / largest perplexity drop)")
     epochs: int = Field(1, ge=1, description="loss: epochs of fine-tuning from the clean base; then the lowest-loss rows are flagged (the trigger must get learned first: on MiniLM/SST-2, 3 epochs at 1e-4)")
     lr: float = Field(2e-5, gt=0, description="loss: learning rate of that fine-tuning")
+    base_model: Optional[str] = Field(None, description="loss: the clean model the victim was fine-tuned from (default: from its unbackdoor.json or config)")
     umap_dim: int = Field(4, ge=2, description="cube: UMAP output dimensions (authors: 4)")
     umap_neighbors: int = Field(100, ge=2, description="cube: UMAP neighbours (authors: 100)")
     umap_min_dist: float = Field(0.25, ge=0, description="cube: UMAP min_dist (authors: 0.25)")

@@ -73,26 +73,28 @@ class LossDetector(Detector):
     def detect(self, rows, label_names, model_dir):
         import tempfile
 
-        from .models import load_classifier, run_meta
+        from .models import load_classifier, resolve_base
+        from .pipeline import _accelerator
         from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_seed, train_loop
         from .unlearning import CrossEntropy
 
-        meta = run_meta(model_dir)
+        base, source = resolve_base(model_dir, self.cfg.base_model,
+                                    hint="pass --base-model NAME_OR_PATH (the clean model the victim was fine-tuned from)")
         set_seed(self.cfg.seed)
-        model, tok, _ = load_classifier(meta.get("base_model", "minilm"), len(label_names), label_names,
-                                        for_training=True)
+        model, tok, _ = load_classifier(base, len(label_names), label_names, for_training=True)
         data = TokenizedSet(tok, rows, self.cfg.max_length)
+        accelerator = _accelerator()  # the loop moves the model to its device: the scoring pass must follow
         with tempfile.TemporaryDirectory() as tmp:
-            train_loop(model, tok, CrossEntropy(), data,
-                       LoopConfig.of(self.cfg, checkpoint_every=0), tmp, progress=True)
-        logits = predict_logits(model, data, Collator(tok), self.cfg.eval_batch_size)
+            train_loop(model, tok, CrossEntropy(), data, LoopConfig.of(self.cfg, checkpoint_every=0), tmp,
+                       accelerator=accelerator, progress=True)
+        logits = predict_logits(model, data, Collator(tok), self.cfg.eval_batch_size, accelerator)
         losses = torch.nn.functional.cross_entropy(logits, torch.tensor(data.labels), reduction="none").numpy()
         # One snapshot after the last epoch. Averaging each row's loss over the epochs was tried and is
         # worse on SST-2 BadNets (precision 0.16 vs 0.37 at 3 epochs, lr 1e-4): before the trigger is
         # learned the poisoned rows are mid-loss (they contradict their text's sentiment).
         return Detection(-losses, lowest_fraction(losses, self.cfg.fraction),
-                         {"epochs": self.cfg.epochs, "fraction": self.cfg.fraction,
-                          "mean_loss": round(float(losses.mean()), 4)})
+                         {"epochs": self.cfg.epochs, "fraction": self.cfg.fraction, "base_model": base,
+                          "base_model_source": source, "mean_loss": round(float(losses.mean()), 4)})
 
 
 # ---------------------------------------------------------------- CUBE (clustering the poisoned model's features)
@@ -136,16 +138,18 @@ def head_inputs(model, tok, rows, max_length: int, batch_size: int) -> np.ndarra
     grabbed = []
     handle = head.register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].detach()))
     model.eval()
+    device = next(model.parameters()).device
     feats = []
     try:
         for batch in DataLoader(TokenizedSet(tok, rows, max_length), batch_size=batch_size, collate_fn=Collator(tok)):
             grabbed.clear()
-            model(**{key: batch[key] for key in MODEL_INPUTS if key in batch})
+            batch = {key: batch[key].to(device) for key in MODEL_INPUTS if key in batch}
+            model(**batch)
             x = grabbed[-1]
             if x.dim() == 3:  # decoder heads run on every position: keep the last real token
                 last = (batch["attention_mask"].sum(1) - 1 if tok.padding_side == "right"
-                        else torch.full((x.shape[0],), x.shape[1] - 1))
-                x = x[torch.arange(x.shape[0]), last]
+                        else torch.full((x.shape[0],), x.shape[1] - 1, device=device))
+                x = x[torch.arange(x.shape[0], device=device), last]
             feats.append(x.float().cpu())
     finally:
         handle.remove()
@@ -159,7 +163,10 @@ class CubeDetector(Detector):
     def detect(self, rows, label_names, model_dir):
         from .models import load_classifier, model_folder
 
+        from .pipeline import _accelerator
+
         model, tok, _ = load_classifier(str(model_folder(model_dir)), len(label_names), label_names)
+        model = _accelerator().prepare_model(model, evaluation_mode=True)  # its device and precision
         emb = head_inputs(model, tok, rows, self.cfg.max_length, self.cfg.eval_batch_size)
         flags, scores = cube_flags(emb, np.array([r["label"] for r in rows]), self.cfg)
         return Detection(scores, flags, {"umap_dim": self.cfg.umap_dim, "umap_neighbors": self.cfg.umap_neighbors})
@@ -180,8 +187,9 @@ def token_nll(lm, seqs: list[list[int]], batch_size: int) -> list[np.ndarray]:
         mask = torch.zeros(len(chunk), width, dtype=torch.long)
         for row, i in enumerate(chunk):
             x[row, :len(seqs[i])], mask[row, :len(seqs[i])] = torch.tensor(seqs[i]), 1
+        x, mask = x.to(lm.device), mask.to(lm.device)
         logits = lm(input_ids=x, attention_mask=mask).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none").numpy()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none").cpu().numpy()
         for row, i in enumerate(chunk):
             out[i] = nll[row, :len(seqs[i]) - 1]
     return out
@@ -248,7 +256,9 @@ class OnionDetector(Detector):
 
         path = resolve_model(self.cfg.lm)
         tok = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path).eval()
+        from .pipeline import _accelerator
+
+        lm = _accelerator().prepare_model(AutoModelForCausalLM.from_pretrained(path).eval(), evaluation_mode=True)
         scores = onion_scores([r["text"] for r in rows], lm, tok, self.cfg)
         return Detection(scores, lowest_fraction(-scores, self.cfg.fraction),
                          {"lm": self.cfg.lm, "fraction": self.cfg.fraction, "top_words": self.cfg.onion_top_words})

@@ -17,6 +17,22 @@ class ModelError(UnbackdoorError):
     pass
 
 
+class BaseModelError(ModelError):
+    """theta_base (the clean model the victim was fine-tuned from) is unknown or unusable."""
+
+
+BASE_HINT = ("pass --base-model NAME_OR_PATH (the clean pre-trained model the victim was fine-tuned from; "
+             "base_model in a config file), or drop RGA's L2 term with -s rga.beta=0")
+
+
+class DivergenceError(UnbackdoorError):
+    """Loss or logits became non-finite; the last finite checkpoint is kept."""
+
+
+class Interrupted(UnbackdoorError):
+    """SIGINT/SIGTERM: a checkpoint was saved; the CLI exits 130."""
+
+
 class MissingParaphraseError(DataError):
     def __init__(self, missing: int, total: int, hint: str = ""):
         self.missing, self.total = missing, total

@@ -45,6 +45,30 @@ def f1_macro(cm: list[list[int]]) -> float:
     return 100.0 * sum(f1s) / k
 
 
+def degenerate_reason(metrics: dict) -> str | None:
+    """Why a model's numbers mean nothing (it learned no classifier), or None.
+
+    Such a model still gets a high CACC on imbalanced data and an LFR of 0 or 100 whatever happened
+    to the backdoor, so its row must not be read as a result."""
+    cm = metrics["confusion_clean"]
+    n, k = sum(map(sum, cm)), len(cm)
+    if n == 0:
+        return None
+    predicted = [sum(row[j] for row in cm) for j in range(k)]
+    top = max(range(k), key=predicted.__getitem__)
+    if predicted[top] >= 0.95 * n:
+        names = list(metrics.get("shift_gap") or range(k))
+        return f"predicts class '{names[top]}' for {100 * predicted[top] / n:.1f}% of the clean rows"
+    f1 = metrics.get("macro_f1", metrics.get("f1_clean"))
+    # Guessing independently of the text, with any class frequencies, gives class i an F1 equal to the
+    # harmonic mean of its prevalence and its prediction share; those means sum to at most 1, so
+    # macro-F1 <= 100/k. 5 points above that covers the sampling noise of a few hundred test rows
+    # (the standard error of a rate there is about 3 points).
+    if f1 <= 100 / k + 5:
+        return f"clean macro-F1 {f1:.1f} is at chance level for {k} classes (<= {100 / k + 5:.0f})"
+    return None
+
+
 def compute_metrics(clean_true, clean_pred, trig_true, trig_pred, target: int, label_names: list[str]) -> dict:
     k = len(label_names)
     cm_clean = confusion_matrix(clean_true, clean_pred, k)
@@ -53,11 +77,12 @@ def compute_metrics(clean_true, clean_pred, trig_true, trig_pred, target: int, l
     # Trigger-shift gap: recall lost on a class when the trigger is present. After trigger shifting the
     # target class's gap is large (its triggered samples flip), though PACC may still look moderate.
     gap = {label_names[i]: rc[i] - rt[i] for i in range(k)}
-    return {
+    out = {
         "cacc": accuracy(clean_true, clean_pred),
         "pacc": accuracy(trig_true, trig_pred),
         "lfr": label_flip_rate(trig_true, trig_pred, target),
         "f1_clean": f1_macro(cm_clean),
+        "macro_f1": f1_macro(cm_clean),
         "shift_gap": gap,
         "target_shift_gap": gap[label_names[target]],
         "confusion_clean": cm_clean,
@@ -65,6 +90,8 @@ def compute_metrics(clean_true, clean_pred, trig_true, trig_pred, target: int, l
         "n_clean": len(clean_true),
         "n_triggered": len(trig_true),
     }
+    out["degenerate"] = degenerate_reason(out)
+    return out
 
 
 def delta_pacc(metrics: dict, retrain_metrics: dict) -> float:

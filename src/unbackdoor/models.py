@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import read_json, write_json
-from .errors import ModelError
+from .errors import BASE_HINT, BaseModelError, ModelError
 
 META_FILE = "unbackdoor.json"
 
@@ -141,9 +141,7 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
     if model.config.pad_token_id is None or model.config.pad_token_id != tok.pad_token_id:
         # Decoder classifiers pool the last non-pad token: the model must know which id is padding.
         model.config.pad_token_id = tok.pad_token_id
-    meta = dict(meta)
-    meta.setdefault("base_model", name)
-    return model, tok, meta
+    return model, tok, dict(meta)
 
 
 def model_folder(path: str | Path) -> Path:
@@ -156,6 +154,54 @@ def run_meta(path: str | Path) -> dict:
     """Our unbackdoor.json of a run or model folder ({} for a model from elsewhere)."""
     f = model_folder(path) / META_FILE
     return read_json(f) if f.is_file() else {}
+
+
+def _same_model(name: str, folder: Path) -> bool:
+    p = Path(name).expanduser()
+    return p.exists() and model_folder(p).resolve() == folder.resolve()
+
+
+def _loadable(name: str) -> bool:
+    try:
+        path = resolve_model(name)
+    except ModelError:
+        return False
+    if Path(path).is_dir():
+        return True
+    from transformers import AutoConfig
+
+    try:  # a hub id: only if its config can be fetched (or is cached, offline)
+        AutoConfig.from_pretrained(path)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not a base we can use"
+        return False
+
+
+def resolve_base(model_dir: str | Path, option: str | None = None, hint: str = BASE_HINT) -> tuple[str, str]:
+    """(theta_base, where it came from) for a victim: the user's option, our unbackdoor.json, or the
+    base its own config names (a model saved by transformers 4, or a peft adapter) when that loads.
+
+    Never the victim itself: anchoring RGA's L2 term to the poisoned weights would hold the backdoor in."""
+    folder = model_folder(model_dir)
+
+    def field(f: Path, key: str):
+        return read_json(f).get(key) if f.is_file() else None
+
+    stated = [(option, "option"), (run_meta(model_dir).get("base_model"), "unbackdoor.json")]
+    found = [(field(folder / "config.json", "_name_or_path"), "config._name_or_path"),
+             *((field(d / "adapter_config.json", "base_model_name_or_path"), "adapter.base_model_name_or_path")
+               for d in (Path(model_dir) / "adapter", folder))]
+    for name, source in stated:
+        if name and _same_model(name, folder):
+            raise BaseModelError(f"the base model given by {source} ('{name}') is the victim itself; theta_base "
+                                 f"must be the clean model it was fine-tuned from: {hint}")
+        if name:
+            return name, source
+    for name, source in found:
+        if name and not _same_model(name, folder) and _loadable(name):
+            return name, source
+    raise BaseModelError(f"{model_dir}: the clean model the victim was fine-tuned from (theta_base) is unknown: it "
+                         f"has no {META_FILE} and its config names no loadable base model; {hint}")
 
 
 def save_classifier(model, tokenizer, out_dir: str | Path, meta: dict) -> Path:
@@ -200,7 +246,10 @@ def base_parameters(model, base_name: str, trust_remote_code: bool = False) -> d
     path = resolve_model(base_name)
     out = _base_from_safetensors(model, Path(path)) if Path(path).is_dir() else None
     if out is None:
-        out = _base_from_model(model, path, trust_remote_code)
+        try:
+            out = _base_from_model(model, path, trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise BaseModelError(f"cannot load base model '{base_name}': {str(e).splitlines()[0]}") from None
     if not out:
         raise ModelError(f"base model '{base_name}' shares no parameters with the victim; is it the model the "
                          "victim was fine-tuned from?")
@@ -252,7 +301,7 @@ def _base_from_model(model, path: str, trust_remote_code: bool) -> dict[str, tor
     out = {}
     for name, p in model.named_parameters():
         if p.requires_grad and name in base_sd and name not in fresh and base_sd[name].shape == p.shape:
-            out[name] = base_sd[name].detach().clone().to(p.device)
+            out[name] = base_sd[name].detach().clone().to(p.device, p.dtype)
     return out
 
 
@@ -267,7 +316,8 @@ def apply_lora(model, settings):
     try:
         return get_peft_model(model, config)
     except ValueError as e:
-        raise ModelError(f"LoRA target modules {settings.target_modules} not found in the model: {e}") from None
+        raise ModelError(f"LoRA target modules {settings.target_modules} not found in the model: "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 def is_peft(model) -> bool:

@@ -14,11 +14,11 @@ from .artifacts import provenance, read_json, write_json
 from .attacks import PoisonedSet, build_poisoner, load_poisoned_set, poison_dataset, save_poisoned_set
 from .config import PoisonConfig, TrainConfig, UnlearnConfig
 from .data import read_labeled_file
-from .errors import DataError
+from .errors import BaseModelError, DataError
 from .evaluation import evaluate
-from .models import base_parameters, load_classifier, model_folder, run_meta, save_classifier
-from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_seed, train_loop
-from .unlearning import CrossEntropy, build_objective
+from .models import META_FILE, base_parameters, load_classifier, model_folder, resolve_base, run_meta, save_classifier
+from .training import Collator, LoopConfig, TokenizedSet, set_seed, train_loop
+from .unlearning import CrossEntropy, build_objective, class_weights
 
 
 def _accelerator(mixed_precision: str = "no"):
@@ -83,10 +83,26 @@ def _eval_rows(ps: PoisonedSet, split: str):
     return (ps.dev_clean, ps.dev_triggered) if split == "dev" else (ps.test_clean, ps.test_triggered)
 
 
-def _evaluate(model, tok, ps, cfg, accelerator, splits=("test",)) -> dict:
+def stratified_subset(rows: list[dict], k: int, seed: int = 0) -> list[dict]:
+    """k rows with the classes in their original proportions, the same rows for every call: curves of
+    different methods and epochs are then measured on one sample."""
+    import random
+
+    if not k or k >= len(rows):
+        return rows
+    by = {}
+    for i, r in enumerate(rows):
+        by.setdefault(r["label"], []).append(i)
+    keep = []
+    for label, idx in sorted(by.items()):
+        keep += random.Random(f"{seed}-{label}").sample(idx, max(1, round(k * len(idx) / len(rows))))
+    return [rows[i] for i in sorted(keep)]
+
+
+def _evaluate(model, tok, ps, cfg, accelerator, splits=("test",), subset: int = 0) -> dict:
     out = {}
     for split in splits:
-        clean, trig = _eval_rows(ps, split)
+        clean, trig = (stratified_subset(rows, subset) for rows in _eval_rows(ps, split))
         if clean and trig:
             out[split] = evaluate(model, tok, clean, trig, ps.target, ps.label_names, cfg.max_length,
                                   cfg.eval_batch_size, accelerator)
@@ -103,18 +119,21 @@ def _finish(out_dir: Path, model, tok, accelerator, meta: dict, result: dict) ->
 
 
 def run_train(poisoned_set: str | Path, cfg: TrainConfig, out_dir: str | Path, clean_only: bool = False,
-              eval_splits=("test",), progress: bool = True) -> dict:
+              eval_splits=("test",), progress: bool = True, eval_set: str | Path | None = None) -> dict:
     """Fine-tune a victim on the poisoned training set, or (clean_only) ReTrain it on D_c."""
     out_dir = Path(out_dir)
-    ps = load_unlearning_sets(poisoned_set)
+    ps = load_unlearning_sets(poisoned_set, eval_set)
     accelerator = _accelerator(cfg.mixed_precision)
     rows = ps.clean if clean_only else ps.train
     set_seed(cfg.seed)  # the new classification head is initialised from the seed
     model, tok, _ = load_classifier(cfg.model, len(ps.label_names), ps.label_names, for_training=True,
                                     trust_remote_code=cfg.trust_remote_code)
     model = _prepare_model(model, cfg, cfg.lora)
+    objective = CrossEntropy()
+    if cfg.class_weights == "balanced":
+        objective.class_weight = class_weights([r["label"] for r in rows], len(ps.label_names))
     t0 = time.time()
-    state = train_loop(model, tok, CrossEntropy(), TokenizedSet(tok, rows, cfg.max_length),
+    state = train_loop(model, tok, objective, TokenizedSet(tok, rows, cfg.max_length),
                        LoopConfig.of(cfg),
                        out_dir, accelerator=accelerator, progress=progress)
     train_seconds = time.time() - t0
@@ -129,6 +148,25 @@ def run_train(poisoned_set: str | Path, cfg: TrainConfig, out_dir: str | Path, c
     return _finish(out_dir, model, tok, accelerator, meta, result)
 
 
+def _retrain_config(model_dir, cfg: UnlearnConfig) -> TrainConfig:
+    """ReTrain with the settings the victim was trained with (its unbackdoor.json); for a victim from
+    elsewhere, train --base-model with the unlearn settings. An explicit seed or base model wins."""
+    meta = run_meta(model_dir)
+    if "train_config" in meta:
+        tcfg = TrainConfig(**meta["train_config"])
+    elif cfg.base_model:
+        tcfg = TrainConfig(**{k: v for k, v in cfg.model_dump().items() if k in TrainConfig.model_fields})
+    else:
+        raise BaseModelError(
+            f"{model_dir} has no {META_FILE}, so the model and settings it was trained with are unknown; to ReTrain, "
+            "pass --base-model NAME_OR_PATH (the clean model to train on D_c) and the training settings as unlearn "
+            "options (--epochs, --lr, --batch-size, --max-length), or run `unbackdoor train --clean-only`")
+    changes = {"seed": cfg.seed} if "seed" in cfg.model_fields_set else {}
+    if cfg.base_model:
+        changes["model"] = cfg.base_model
+    return tcfg.model_copy(update=changes)
+
+
 def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnConfig, out_dir: str | Path,
                 eval_set: str | Path | None = None, eval_splits=("test",), progress: bool = True,
                 allow_pickle: bool = False) -> dict:
@@ -136,11 +174,11 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
     out_dir = Path(out_dir)
     ps = load_unlearning_sets(poisoned_set, eval_set)
     if cfg.method == "retrain":
-        tcfg = TrainConfig(**run_meta(model_dir)["train_config"])
-        return run_train(poisoned_set, tcfg, out_dir, clean_only=True, eval_splits=eval_splits, progress=progress)
+        return run_train(poisoned_set, _retrain_config(model_dir, cfg), out_dir, clean_only=True,
+                         eval_splits=eval_splits, progress=progress, eval_set=eval_set)
     model_path = model_folder(model_dir)
-    accelerator = _accelerator(cfg.mixed_precision)
     victim_meta = run_meta(model_dir)
+    accelerator = _accelerator(cfg.mixed_precision)
     if victim_meta.get("lora") and (Path(model_dir) / "adapter").is_dir():
         from .models import load_lora_victim
 
@@ -152,19 +190,27 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
     dp, dc = ps.poisoned, ps.clean
     if not dp:
         raise DataError(f"{poisoned_set}: the poisoned set D_p is empty; nothing to unlearn")
-    objective_kwargs = {}
-    base = cfg.base_model or meta.get("base_model")
-    if cfg.method == "rga" and cfg.rga.beta > 0 and not victim_meta.get("lora"):
-        objective_kwargs["base_params"] = base_parameters(model, base)
+    needs_base = cfg.method == "rga" and cfg.rga.beta > 0 and not victim_meta.get("lora")
+    try:
+        base, base_source = resolve_base(model_dir, cfg.base_model)
+    except BaseModelError:
+        if needs_base:
+            raise
+        base, base_source = None, None  # GA, NPO and RGA without its L2 term only record it
+    objective_kwargs = {"base_params": base_parameters(model, base)} if needs_base else {}
     objective = build_objective(cfg, **objective_kwargs)
+    if cfg.class_weights == "balanced":
+        objective.class_weight = class_weights([r["label"] for r in dc], len(ps.label_names))
     primary = TokenizedSet(tok, dp, cfg.max_length)
     if objective.needs_reference:
         # f_p's outputs on D_p, once, before any update: no second model is kept or run afterwards.
-        objective.set_reference(predict_logits(model, primary, Collator(tok), cfg.eval_batch_size))
+        objective.reference_from(primary, Collator(tok), cfg.eval_batch_size)
+
     def on_epoch_end(epoch):
         if (cfg.eval_every and epoch % cfg.eval_every == 0) or epoch == cfg.epochs or objective.should_stop():
             t = time.time()
-            metrics = _evaluate(model, tok, ps, cfg, accelerator, eval_splits)
+            final = epoch == cfg.epochs or objective.should_stop()
+            metrics = _evaluate(model, tok, ps, cfg, accelerator, eval_splits, 0 if final else cfg.eval_subset)
             # The loop's clock runs through evaluations: record them, so cost-to-purify can leave them out.
             return {"eval": metrics, "eval_seconds": round(time.time() - t, 2)}
         return {}
@@ -178,12 +224,13 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
     # From the loop's history, which survives a resume, rather than from this process's memory.
     curve = [{"epoch": h["epoch"], **h["eval"]} for h in state["history"] if "eval" in h]
     final = curve[-1] if curve else {}
-    out_meta = {**meta, "role": f"unlearned-{cfg.method}", "unlearn_config": cfg.model_dump(),
-                "poisoned_model": str(model_dir)}
+    out_meta = {**meta, **({"base_model": base} if base else {}), "role": f"unlearned-{cfg.method}",
+                "unlearn_config": cfg.model_dump(), "poisoned_model": str(model_dir)}
     result = {"kind": cfg.method, "metrics": {k: v for k, v in final.items() if k != "epoch"},
               "curve": curve, "history": state["history"],
               "stopped_early": state["stopped_early"], "unlearn_seconds": round(seconds, 1),
               "n_poisoned": len(dp), "n_clean": len(dc), "config": cfg.model_dump(), "model": str(model_dir),
+              "base_model": base, "base_model_source": base_source,
               "poisoned_set": str(poisoned_set), "poison_meta": ps.meta, **provenance()}
     return _finish(out_dir, model, tok, accelerator, out_meta, result)
 
@@ -194,7 +241,9 @@ def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Pat
     ps = load_poisoned_set(poisoned_set)
     model, tok, _ = load_classifier(str(model_folder(model_dir)), len(ps.label_names), ps.label_names, allow_pickle=allow_pickle)
     cfg = TrainConfig(max_length=max_length, eval_batch_size=batch_size)
-    metrics = _evaluate(model, tok, ps, cfg, None, splits)
+    accelerator = _accelerator()
+    model = accelerator.prepare_model(model, evaluation_mode=True)  # its device and precision, not the CPU's
+    metrics = _evaluate(model, tok, ps, cfg, accelerator, splits)
     if retrain:
         from .evaluation import delta_pacc
 

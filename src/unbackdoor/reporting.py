@@ -15,7 +15,8 @@ from .evaluation import delta_pacc
 METHOD_ORDER = ["victim", "retrain", "ga", "npo", "rga"]
 METHOD_NAMES = {"victim": "Poisoned", "retrain": "ReTrain", "ga": "GA", "npo": "NPO", "rga": "RGA"}
 COLUMNS = [("cacc", "CACC"), ("lfr", "LFR"), ("pacc", "PACC"), ("delta_pacc", "ΔPACC"),
-           ("target_shift_gap", "Shift gap")]
+           ("signed_delta_pacc", "PACC − ReTrain"), ("target_shift_gap", "Shift gap")]
+REFERENCES = ("victim", "retrain")  # rows that are not an unlearning method's result
 
 
 def _mean_std(values):
@@ -25,8 +26,22 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _verdict_label(labels: list[str]) -> str:
+    """One seed's verdict, or the split over seeds ("shifted (partly) 2/3, neutralised 1/3")."""
+    counts = defaultdict(int)
+    for v in labels:
+        counts[v] += 1
+    if len(counts) == 1:
+        return labels[0]
+    return ", ".join(f"{v} {n}/{len(labels)}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def summarise(results: list[dict], split: str = "test") -> list[dict]:
-    """One row per (dataset, attack, method): mean and std over seeds; dPACC against ReTrain of the same seed."""
+    """One row per (dataset, attack, method): mean and std over seeds; dPACC, the signed PACC difference
+    and the verdict against ReTrain of the same seed. A degenerate ReTrain gives no dPACC and no verdict."""
+    from .evaluation import degenerate_reason
+    from .verdict import decide
+
     retrain = {(r["dataset"], r["attack"], r["seed"]): r["metrics"][split] for r in results
                if r["method"] == "retrain" and split in r["metrics"]}
     groups = defaultdict(list)
@@ -36,58 +51,88 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
             continue
         m = dict(m)
         ref = retrain.get((r["dataset"], r["attack"], r["seed"]))
-        m["delta_pacc"] = delta_pacc(m, ref) if ref else None
+        usable = ref is not None and not degenerate_reason(ref)
+        m["delta_pacc"] = delta_pacc(m, ref) if usable else None
+        m["signed_delta_pacc"] = m["pacc"] - ref["pacc"] if usable else None
+        m["degenerate"] = degenerate_reason(m)
+        if r["method"] == "retrain":
+            m["verdict"] = "reference"
+        else:
+            meta = r.get("poison_meta", {})
+            m["verdict"] = decide(m, ref, meta.get("target", 0), meta.get("label_names") or
+                                  [str(i) for i in range(len(m["confusion_triggered"]))]).label
         groups[(r["dataset"], r["attack"], r["method"])].append(m)
     rows = []
     for (dataset, attack, method), ms in groups.items():
         row = {"dataset": dataset, "attack": attack, "method": method, "seeds": len(ms)}
         for key, _ in COLUMNS:
             row[key], row[key + "_std"] = _mean_std([m.get(key) for m in ms])
+        row["verdict"] = _verdict_label([m["verdict"] for m in ms])
+        row["degenerate"] = next((m["degenerate"] for m in ms if m["degenerate"]), None)
         rows.append(row)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    rows.sort(key=lambda r: (r["dataset"], r["attack"], order.get(r["method"], 99)))
+    rows.sort(key=lambda r: (r["dataset"], r["attack"], order.get(r["method"], 99), r["method"]))
     return rows
 
 
 def _best_delta(rows):
+    """Smallest dPACC per (dataset, attack) among unlearning rows that neutralised the trigger in
+    every seed: a row that shifted the trigger is never "best", however close its PACC."""
     best = {}
     for r in rows:
-        if r["method"] in ("ga", "npo", "rga") and r["delta_pacc"] is not None:
+        if (r["method"] not in REFERENCES and r["delta_pacc"] is not None and r["verdict"] == "neutralised"
+                and not r["degenerate"]):
             k = (r["dataset"], r["attack"])
             best[k] = min(best.get(k, float("inf")), r["delta_pacc"])
     return best
 
 
 def _is_best(row, best) -> bool:
-    return row["method"] in ("ga", "npo", "rga") and row["delta_pacc"] == best.get((row["dataset"], row["attack"]))
+    return row["method"] not in REFERENCES and row["verdict"] == "neutralised" and \
+        row["delta_pacc"] == best.get((row["dataset"], row["attack"]))
 
 
-def _fmt(mean, std, seeds):
+def _fmt(mean, std, seeds, signed=False):
     if mean is None:
         return "–"
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if seeds > 1 else "")
+    # + 0.0 turns a rounded -0.0 into 0.0, so an exact match prints +0.00, not -0.00.
+    s = f"{round(mean, 2) + 0.0:+.2f}" if signed else f"{mean:.2f}"
+    return s + (f" ± {std:.2f}" if seeds > 1 else "")
+
+
+def _name(r) -> str:
+    name = METHOD_NAMES.get(r["method"], r["method"])
+    return name + (" ⚠ degenerate" if r.get("degenerate") else "")
+
+
+def _cells(r, best, bold):
+    cells = []
+    for key, _ in COLUMNS:
+        s = _fmt(r[key], r[key + "_std"], r["seeds"], signed=key in ("signed_delta_pacc", "target_shift_gap"))
+        if key == "delta_pacc" and _is_best(r, best):
+            s = bold(s)
+        cells.append(s)
+    return cells + [r["verdict"]]
 
 
 def table_markdown(rows) -> str:
     best = _best_delta(rows)
-    head = "| dataset | attack | method | " + " | ".join(n for _, n in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    head = "| dataset | attack | method | " + " | ".join(n for _, n in COLUMNS) + " | verdict |"
+    lines = [head, "|" + "---|" * (4 + len(COLUMNS))]
     for r in rows:
-        cells = []
-        for key, _ in COLUMNS:
-            s = _fmt(r[key], r[key + "_std"], r["seeds"])
-            if key == "delta_pacc" and _is_best(r, best):
-                s = f"**{s}**"
-            cells.append(s)
-        # + 0.0 turns a rounded -0.0 into 0.0, so an exact match prints +0.00, not -0.00.
-        lines.append(f"| {r['dataset']} | {r['attack']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {r['dataset']} | {r['attack']} | {_name(r)} | "
+                     + " | ".join(_cells(r, best, lambda s: f"**{s}**")) + " |")
+    notes = [f"- {r['dataset']}/{r['attack']}/{_name(r)}: {r['degenerate']}" for r in rows if r["degenerate"]]
+    if notes:
+        lines += ["", "**Degenerate models** (their numbers mean little; no ΔPACC or verdict against a degenerate "
+                  "ReTrain):", *notes]
     return "\n".join(lines) + "\n"
 
 
 def table_csv(rows) -> str:
     buf = io.StringIO()
-    keys = ["dataset", "attack", "method", "seeds"] + [k for c, _ in COLUMNS for k in (c, c + "_std")]
+    keys = ["dataset", "attack", "method", "seeds"] + [k for c, _ in COLUMNS for k in (c, c + "_std")] + \
+        ["verdict", "degenerate"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
@@ -96,18 +141,12 @@ def table_csv(rows) -> str:
 
 def table_latex(rows) -> str:
     best = _best_delta(rows)
-    out = ["\\begin{tabular}{lll" + "r" * len(COLUMNS) + "}", "\\toprule",
-           "Dataset & Attack & Method & " + " & ".join(n.replace("Δ", "$\\Delta$") for _, n in COLUMNS)
-           + " \\\\", "\\midrule"]
+    out = ["\\begin{tabular}{lll" + "r" * len(COLUMNS) + "l}", "\\toprule",
+           "Dataset & Attack & Method & " + " & ".join(n.replace("Δ", "$\\Delta$").replace("−", "$-$")
+                                                       for _, n in COLUMNS) + " & Verdict \\\\", "\\midrule"]
     for r in rows:
-        cells = []
-        for key, _ in COLUMNS:
-            s = _fmt(r[key], r[key + "_std"], r["seeds"]).replace("±", "$\\pm$")
-            if key == "delta_pacc" and _is_best(r, best):
-                s = f"\\textbf{{{s}}}"
-            cells.append(s)
-        out.append(f"{r['dataset']} & {r['attack']} & {METHOD_NAMES.get(r['method'], r['method'])} & "
-                   + " & ".join(cells) + " \\\\")
+        cells = [c.replace("±", "$\\pm$").replace("⚠", "") for c in _cells(r, best, lambda s: f"\\textbf{{{s}}}")]
+        out.append(f"{r['dataset']} & {r['attack']} & {_name(r).replace('⚠', '(!)')} & " + " & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
@@ -250,6 +289,32 @@ def figure_training_dynamics(result: dict, path: Path, split: str = "test"):
     return fig, _save(fig, path)
 
 
+def figure_shift_dynamics(cell: dict, path: Path, split: str = "test"):
+    """PACC and target-class shift gap per unlearning epoch, ReTrain as a horizontal line: the trigger
+    of a shifting method moves away from ReTrain's line while a neutralising one stays on it."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    ref = cell.get("retrain", {}).get("metrics", {}).get(split)
+    victim = cell.get("victim", {}).get("metrics", {}).get(split)
+    for ax, key, name in zip(axes, ("pacc", "target_shift_gap"), ("PACC (%)", "shift gap (points)")):
+        for m in ("ga", "npo", "rga"):
+            curve = [c for c in cell.get(m, {}).get("curve", []) if split in c]
+            if curve:
+                xs, ys = [c["epoch"] for c in curve], [c[split][key] for c in curve]
+                if victim:
+                    xs, ys = [0] + xs, [victim[key]] + ys
+                ax.plot(xs, ys, marker="o", ms=3, label=METHOD_NAMES[m])
+        if ref:
+            ax.axhline(ref[key], color="k", ls="--", lw=1, label="ReTrain")
+        ax.set_xlabel("unlearning epoch (0 = poisoned model)")
+        ax.set_ylabel(name)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Does the trigger move? ({split} split)", fontsize=9)
+    fig.tight_layout()
+    return fig, _save(fig, path)
+
+
 def figure_lambda(result: dict, path: Path):
     """RGA's adaptive weight lambda per step."""
     import matplotlib.pyplot as plt
@@ -286,8 +351,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, spl
           "Columns (percent, on the test split): **CACC** clean accuracy; **LFR** share of triggered non-target "
           "samples predicted as the target (lower = backdoor removed); **PACC** accuracy on the triggered test set "
           "with the trigger in *every* class (true labels); **ΔPACC** |PACC − PACC(ReTrain)| (lower = closer to "
-          "a model never poisoned; best in bold); **Shift gap** target-class recall on clean minus on triggered "
-          "inputs (large = trigger shifting: triggered target-class samples flipped away).", "",
+          "a model never poisoned; bold: the smallest among rows whose verdict is *neutralised*); **PACC − ReTrain** "
+          "the signed difference (negative: the trigger now costs accuracy that ReTrain keeps); **Shift gap** "
+          "target-class recall on clean minus on triggered inputs (large = trigger shifting: triggered target-class "
+          "samples flipped away); **verdict** from the triggered and clean confusion matrices against ReTrain's "
+          "(`unbackdoor.verdict`): *backdoor* (the trigger still sends samples to the target class), *shifted* "
+          "(it now sends them to another class), *neutralised*.", "",
           table_markdown(rows), paper_comparison(rows), extra_md]
     cells = defaultdict(dict)
     for r in results:
@@ -296,11 +365,13 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, spl
         fig_dir = out / "figures" / f"{dataset}-{attack}-seed{seed}"
         labels = cell[next(iter(cell))]["poison_meta"]["label_names"]
         md += [f"## {dataset} / {attack} / seed {seed}", ""]
-        if split in cell.get("victim", {}).get("metrics", {}):
-            md.append(_shift_sentence(cell, split) + "\n")
+        md.append(verdict_sentences(cell, split))
         md.append(curve_table(cell, split))
-        _, paths = figure_confusions(cell, labels, fig_dir / "confusion")
+        _, paths = figure_confusions(cell, labels, fig_dir / "confusion", split)
         md.append(f"![confusion matrices]({paths[0].relative_to(out)})\n")
+        if any(len(cell.get(m, {}).get("curve", [])) > 1 for m in ("ga", "npo", "rga")):
+            _, paths = figure_shift_dynamics(cell, fig_dir / "shift_dynamics", split)
+            md.append(f"![PACC and shift gap per epoch]({paths[0].relative_to(out)})\n")
         if any(m in cell for m in ("ga", "npo", "rga")):
             _, paths = figure_poisoned_loss(cell, fig_dir / "poisoned_loss", log_scale)
             md.append(f"![poisoned loss]({paths[0].relative_to(out)})\n")
@@ -335,17 +406,16 @@ def curve_table(cell: dict, split: str = "test") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _shift_sentence(cell: dict, split: str) -> str:
-    """One sentence per unlearning method: did the trigger move to another class?"""
+def verdict_sentences(cell: dict, split: str) -> str:
+    """One line per unlearning method of a cell: the verdict against ReTrain (verdict.decide)."""
+    from .verdict import decide
+
     ref = cell.get("retrain", {}).get("metrics", {}).get(split)
-    parts = []
-    for m in ("ga", "npo", "rga"):
-        if m not in cell or split not in cell[m]["metrics"]:
+    lines = []
+    for m, res in cell.items():
+        if m in REFERENCES or split not in res["metrics"]:
             continue
-        mm = cell[m]["metrics"][split]
-        shifted = mm["target_shift_gap"] > 10 and (ref is None or mm["pacc"] < ref["pacc"] - 3)
-        gap = mm["target_shift_gap"]
-        verdict = "**trigger shifting**" if shifted else "no trigger shifting"
-        parts.append(f"{METHOD_NAMES[m]}: {verdict} (target-class shift gap {gap:+.1f} points, PACC {mm['pacc']:.1f}"
-                     + (f" vs ReTrain {ref['pacc']:.1f}" if ref else "") + ")")
-    return "; ".join(parts) + "." if parts else ""
+        meta = res["poison_meta"]
+        v = decide(res["metrics"][split], ref, meta["target"], meta["label_names"])
+        lines.append(f"- **{METHOD_NAMES.get(m, m)}**: {v.message}")
+    return "\n".join(lines) + "\n" if lines else ""

@@ -40,7 +40,77 @@ class ExperimentConfig(Strict):
 
 
 def cell_dir(cfg: ExperimentConfig, dataset: str, attack: str, seed: int) -> Path:
+    """`dataset` is the folder name from dataset_dirs(), never a user's file path."""
     return Path(cfg.output_dir) / dataset / attack / f"seed{seed}"
+
+
+def _dataset_key(dataset: str) -> str:
+    from .data import NAMED
+
+    return dataset if dataset in NAMED or dataset.startswith("hf:") else str(Path(dataset).resolve())
+
+
+def dataset_dirs(datasets: list[str], previous: dict[str, str] | None = None) -> dict[str, str]:
+    """Folder name -> dataset (a named one, hf:<name>, or a file's absolute path), for this grid's datasets
+    and those an earlier run of the same folder recorded.
+
+    A file gets its stem, so results stay inside output_dir whatever the path; a second file with the
+    same stem gets -2, -3, .... A dataset keeps the folder it had in an earlier run, and a different
+    file never takes over another's folder, so results of one file are never reused for another."""
+    import re
+
+    from .data import NAMED
+
+    dirs = dict(previous or {})
+    for d in datasets:
+        key = _dataset_key(d)
+        if key in dirs.values():
+            continue
+        if d in NAMED:
+            dirs[d] = d
+            continue
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", d[3:] if d.startswith("hf:") else Path(d).stem).strip(".-")
+        base = base or "dataset"
+        # Names of the built-in datasets and the report folder stay free for what they name.
+        slug, i = base, 1
+        while slug in dirs or slug in NAMED or slug == "report":
+            i += 1
+            slug = f"{base}-{i}"
+        dirs[slug] = key
+    return dirs
+
+
+def _compared(data: dict) -> dict:
+    """The settings results depend on, with fields added since `data` was written filled with their
+    defaults, so a new option does not make an old results folder look like another experiment."""
+    try:
+        data = ExperimentConfig.model_validate({k: v for k, v in data.items() if k in ExperimentConfig.model_fields})
+        data = json.loads(json.dumps(data.model_dump()))
+    except ValueError:
+        pass
+    return {k: data.get(k) for k in ("poison", "train", "unlearn", "method_overrides")}
+
+
+def _stale_stages(cfg: ExperimentConfig, cells: list[Path]) -> list[str]:
+    """Detector flags and ground-truth subsets on disk that other settings made: reusing them would give
+    results under this config's name that it did not produce."""
+    stale = []
+    for cell in cells:
+        for name in cfg.detectors:
+            m = cell / f"detect-{name}" / "flags.metrics.json"
+            if m.is_file():
+                made = read_json(m).get("config", {})
+                try:
+                    made = DetectConfig.model_validate(made).model_dump()
+                except ValueError:
+                    pass
+                if made != cfg.detect.model_copy(update={"detector": name}).model_dump():
+                    stale.append(str(m.parent))
+        for frac in cfg.poisoned_fractions:
+            m = cell / f"subset-gt{round(100 * frac)}" / "subset.json"
+            if m.is_file() and read_json(m)["fraction"] != frac:
+                stale.append(str(m.parent))
+    return stale
 
 
 def _done(path: Path) -> bool:
@@ -77,24 +147,37 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
     for a in cfg.attacks:
         if a not in ATTACKS:
             raise ConfigError(f"attacks: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
+    for s in cfg.eval_splits:
+        if s not in ("test", "dev"):
+            import difflib
+
+            close = difflib.get_close_matches(s, ["test", "dev"], n=1)
+            raise ConfigError(f"eval_splits: unknown split '{s}'"
+                              + (f"; did you mean '{close[0]}'?" if close else "; valid splits: test, dev"))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "experiment.json"
-    if previous.is_file():
-        old = read_json(previous)
-        changed = sorted(k for k in ("poison", "train", "unlearn", "method_overrides")
-                         if old.get(k) != json.loads(json.dumps(cfg.model_dump()[k])))
+    old = read_json(previous) if previous.is_file() else {}
+    if old:
+        before, now = _compared(old), _compared(cfg.model_dump())
+        changed = sorted(k for k in before if before[k] != now[k])
         if changed:
             raise ConfigError(f"{out} holds results of a different experiment (sections {changed} differ from "
                               f"{previous}); use a new output_dir rather than mixing them")
+    dirs = dataset_dirs(cfg.datasets, old.get("dataset_dirs"))
+    stale = _stale_stages(cfg, [cell_dir(cfg, slug, a, s) for slug in dirs for a in cfg.attacks for s in cfg.seeds])
+    if stale:
+        raise ConfigError(f"{out} holds detector flags or subsets made with other settings ({', '.join(stale)}); "
+                          f"use a new output_dir, or delete those folders and the stages unlearned from them")
     repair(out, log)
-    write_json(out / "experiment.json", cfg.model_dump())
+    write_json(out / "experiment.json", {**cfg.model_dump(), "dataset_dirs": dirs})
+    folder_of = {key: slug for slug, key in dirs.items()}
     finished = []
     for dataset in cfg.datasets:
         for attack in cfg.attacks:
             for seed in cfg.seeds:
-                cell = cell_dir(cfg, dataset, attack, seed)
-                tag = f"{dataset}/{attack}/seed{seed}"
+                cell = cell_dir(cfg, folder_of[_dataset_key(dataset)], attack, seed)
+                tag = f"{cell.parents[1].name}/{attack}/seed{seed}"
                 pcfg = PoisonConfig(data=cfg.poison.data.model_copy(update={"dataset": dataset}),
                                     attack=cfg.poison.attack.model_copy(update={"name": attack}), seed=seed)
                 if not (cell / "poisoned" / "meta.json").is_file():
@@ -108,6 +191,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                         log(f"[{tag}] training {stage}")
                         run_train(cell / "poisoned", tcfg, cell / stage, clean_only=clean_only,
                                   eval_splits=tuple(cfg.eval_splits), progress=progress)
+                    warn_if_degenerate(cell / stage, tag, log)
                     finished.append(cell / stage)
                 sources = {"": cell / "poisoned"}  # stage suffix -> where D_p comes from
                 for name in cfg.detectors:
@@ -131,8 +215,16 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                             log(f"[{tag}] unlearning with {method}{' from ' + suffix[1:] if suffix else ''}")
                             run_unlearn(cell / "victim", source, ucfg, stage, eval_set=cell / "poisoned",
                                         eval_splits=tuple(cfg.eval_splits), progress=progress)
+                        warn_if_degenerate(stage, tag, log)
                         finished.append(stage)
     return finished
+
+
+def warn_if_degenerate(stage: Path, tag: str, log=print) -> None:
+    """Finished stages too, so a resumed grid still says which of its models learned nothing."""
+    for split, m in read_json(stage / "metrics.json").get("metrics", {}).items():
+        if m.get("degenerate"):
+            log(f"[{tag}] WARNING: the {stage.name} model is degenerate on {split}: {m['degenerate']}")
 
 
 def partial_ground_truth(cell: Path, fraction: float, seed: int) -> Path:
@@ -151,6 +243,7 @@ def partial_ground_truth(cell: Path, fraction: float, seed: int) -> Path:
         keep = set(random.Random(seed).sample(poisoned, max(1, round(fraction * len(poisoned)))))
         write_jsonl(out, [{"text": r["text"], "label": r["label"], "poisoned": int(i in keep)}
                           for i, r in enumerate(rows)])
+        write_json(out.with_name("subset.json"), {"fraction": fraction, "seed": seed})
     return out
 
 

@@ -24,11 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .artifacts import read_json, write_json
-from .errors import UnbackdoorError
-
-
-class DivergenceError(UnbackdoorError):
-    """Loss or logits became non-finite; the last finite checkpoint is kept."""
+from .errors import DivergenceError, Interrupted
 
 
 # ---------------------------------------------------------------- tokenisation, once
@@ -116,9 +112,12 @@ def predict_logits(model, dataset: TokenizedSet, collator: Collator, batch_size:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
+    device = next(model.parameters()).device
     out = []
     with torch.random.fork_rng(devices=[]):
         for batch in loader:
+            if accelerator is None:  # the model may already sit on a GPU: inputs go where it is
+                batch = {k: v.to(device) for k, v in batch.items()}
             logits = forward_logits(model, batch).float()
             if accelerator is not None:
                 logits = accelerator.gather_for_metrics(logits)
@@ -186,10 +185,6 @@ class _StopFlag:
                 signal.signal(s, h)
             except ValueError:
                 pass
-
-
-class Interrupted(UnbackdoorError):
-    pass
 
 
 def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConfig, out_dir: str | Path,

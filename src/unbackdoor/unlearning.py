@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import EarlyStopConfig, UnlearnConfig
-from .errors import ConfigError
-from .training import forward_logits
+from .errors import BASE_HINT, BaseModelError, ConfigError
+from .training import forward_logits, predict_logits
 
 OBJECTIVES: dict[str, type["Objective"]] = {}
 
@@ -82,17 +82,28 @@ class Objective:
     name: ClassVar[str]
     uses_clean: ClassVar[bool] = True  # pairs each step with a random D_c batch
     needs_reference: ClassVar[bool] = False
+    class_weight: torch.Tensor | None = None  # per-class weights of the CE on the training / D_c rows
 
     def __init__(self, cfg: UnlearnConfig | None = None, early_stop: EarlyStopConfig | None = None):
         self.cfg = cfg or UnlearnConfig()
         self.early = early_stop or self.cfg.early_stop
         self.ref_logits: torch.Tensor | None = None
+        self._reference_data = None
         self._below = 0
         self.stop_reason = None
 
+    def reference_from(self, dataset, collator, batch_size: int) -> None:
+        """Have setup() compute f_p's outputs on `dataset` (D_p), in dataset order."""
+        self._reference_data = (dataset, collator, batch_size)
+
     def setup(self, model, accelerator=None) -> None:
+        if self.needs_reference and self.ref_logits is None and self._reference_data is not None:
+            # The loop calls setup after accelerator.prepare (so on its device, in its precision) and
+            # before a checkpoint is restored (so these are still the poisoned model's outputs).
+            self.set_reference(predict_logits(model, *self._reference_data, accelerator=accelerator))
         if self.needs_reference and self.ref_logits is None:
-            raise RuntimeError(f"{self.name}: call set_reference() with the poisoned model's logits on D_p first")
+            raise ConfigError(f"{self.name} needs the poisoned model's outputs on D_p: call reference_from() or "
+                              "set_reference() before training")
         if self.early.criterion == "lambda" and self.name != "rga":
             raise ConfigError(f"early_stop.criterion=lambda needs method rga, not {self.name}")
 
@@ -134,12 +145,20 @@ class CrossEntropy(Objective):
     uses_clean = False
 
     def __call__(self, model, batch, clean):
-        loss = F.cross_entropy(forward_logits(model, batch), batch["labels"])
+        loss = _ce(forward_logits(model, batch), batch["labels"], self.class_weight)
         return loss, {"loss": loss.item()}
 
 
-def _ce_clean(model, clean):
-    return F.cross_entropy(forward_logits(model, clean), clean["labels"])
+def _ce(logits, labels, weight=None):
+    return F.cross_entropy(logits, labels, weight=None if weight is None else weight.to(logits))
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, n / (k * n_c) (scikit-learn's "balanced"): each class then weighs as
+    much in the loss as if the classes were equally frequent. An absent class gets 0."""
+    counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=num_classes).double()
+    w = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    return w.float()
 
 
 class Unlearning(Objective):
@@ -156,7 +175,7 @@ class Unlearning(Objective):
         ce_each = F.cross_entropy(logits, batch["labels"], reduction="none")  # CE w.r.t. the poisoned label
         logs = {"ce_p": ce_each.mean().item()}
         forget = self.forget(logits, ce_each, batch, logs)
-        ce_c = _ce_clean(model, clean)
+        ce_c = _ce(forward_logits(model, clean), clean["labels"], self.class_weight)
         loss = ce_c + forget + self.regulariser(logs)
         logs.update(loss=loss.item(), ce_c=ce_c.item())
         self._watch(logits, batch, logs)
@@ -207,7 +226,8 @@ class RGA(Unlearning):
         self.lora = lora_layers(model) if is_peft(model) else []
         if self.cfg.rga.beta > 0 and not self.lora:
             if not self.base_params:
-                raise RuntimeError("rga: theta_base parameters are needed when rga.beta > 0")
+                raise BaseModelError(f"rga: theta_base is needed for the L2 term (rga.beta={self.cfg.rga.beta}); "
+                                     f"{BASE_HINT}")
             named = dict(model.named_parameters())
             self.pairs = [(named[n], b.to(named[n].device)) for n, b in self.base_params.items() if n in named]
 

@@ -1,0 +1,60 @@
+"""Collect the demo-robustness runs into results.csv, walltimes.csv and the criteria check.
+
+usage: python collect.py ROOT OUT_DIR   (ROOT holds seed<S>-threads<T>/ run folders and their .time files)
+"""
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+from unbackdoor.reporting import summarise
+from unbackdoor.runner import load_results
+
+# The issue's margins: GA clearly shifts, RGA stays.
+GA_MIN_GAP, GA_MIN_PACC_DROP = 40.0, 15.0
+RGA_MAX_GAP, RGA_MAX_DPACC = 10.0, 3.0
+
+
+def wall_seconds(time_file: Path) -> float | None:
+    if not time_file.is_file():
+        return None
+    m = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", time_file.read_text())
+    h, mnt, s = m.groups()
+    return int(h or 0) * 3600 + int(mnt) * 60 + float(s)
+
+
+def main(root: Path, out: Path) -> int:
+    rows, walls, failures = [], [], []
+    for run in sorted(root.glob("seed*-threads*")):
+        if not run.is_dir():
+            continue
+        seed, threads = map(int, re.match(r"seed(\d+)-threads(\d+)", run.name).groups())
+        walls.append({"seed": seed, "threads": threads, "wall_s": wall_seconds(run.with_suffix(".time"))})
+        by = {r["method"]: r for r in summarise(load_results(run))}
+        for method in ("retrain", "ga", "rga"):
+            r = by[method]
+            rows.append({"seed": seed, "threads": threads, "method": method, "cacc": r["cacc"], "lfr": r["lfr"],
+                         "pacc": r["pacc"], "delta_pacc": r["delta_pacc"], "signed_delta_pacc": r["signed_delta_pacc"],
+                         "shift_gap": r["target_shift_gap"], "verdict": r["verdict"]})
+        ga, rga = by["ga"], by["rga"]
+        if not (ga["target_shift_gap"] >= GA_MIN_GAP and -ga["signed_delta_pacc"] >= GA_MIN_PACC_DROP):
+            failures.append(f"{run.name}: GA gap {ga['target_shift_gap']:+.1f}, PACC - ReTrain {ga['signed_delta_pacc']:+.1f}")
+        if not (abs(rga["target_shift_gap"]) <= RGA_MAX_GAP and rga["delta_pacc"] <= RGA_MAX_DPACC):
+            failures.append(f"{run.name}: RGA gap {rga['target_shift_gap']:+.1f}, dPACC {rga['delta_pacc']:.1f}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in (("results.csv", rows), ("walltimes.csv", walls)):
+        with open(out / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(data[0]))
+            w.writeheader()
+            for d in data:
+                w.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in d.items()})
+    runs = len(walls)
+    print(f"{runs} runs; criteria (GA gap >= {GA_MIN_GAP:g} and PACC >= {GA_MIN_PACC_DROP:g} below ReTrain; "
+          f"RGA |gap| <= {RGA_MAX_GAP:g} and dPACC <= {RGA_MAX_DPACC:g}): "
+          + ("all hold" if not failures else f"{len(failures)} failures:\n  " + "\n  ".join(failures)))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
