@@ -20,6 +20,8 @@ def wall_seconds(time_file: Path) -> float | None:
     if not time_file.is_file():
         return None
     m = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", time_file.read_text())
+    if m is None:
+        return None
     h, mnt, s = m.groups()
     return int(h or 0) * 3600 + int(mnt) * 60 + float(s)
 
@@ -27,7 +29,7 @@ def wall_seconds(time_file: Path) -> float | None:
 def main(root: Path, out: Path) -> int:
     rows, walls, failures = [], [], []
     for run in sorted(root.glob("seed*-threads*")):
-        if not run.is_dir():
+        if not (run / "report" / "report.md").is_file():  # unfinished
             continue
         seed, threads = map(int, re.match(r"seed(\d+)-threads(\d+)", run.name).groups())
         walls.append({"seed": seed, "threads": threads, "wall_s": wall_seconds(run.with_suffix(".time"))})

@@ -78,8 +78,9 @@ class LossDetector(Detector):
         from .training import Collator, LoopConfig, TokenizedSet, predict_logits, set_seed, train_loop
         from .unlearning import CrossEntropy
 
-        base, source = resolve_base(model_dir, self.cfg.base_model,
-                                    hint="pass --base-model NAME_OR_PATH (the clean model the victim was fine-tuned from)")
+        base, source = resolve_base(
+            model_dir, self.cfg.base_model,
+            hint="pass --base-model NAME_OR_PATH (the clean model the victim was fine-tuned from)")
         set_seed(self.cfg.seed)
         model, tok, _ = load_classifier(base, len(label_names), label_names, for_training=True)
         data = TokenizedSet(tok, rows, self.cfg.max_length)
