@@ -155,3 +155,16 @@ def test_unknown_method_in_grid(tmp_path, tiny_base, capsys):
     cfg = grid_config(tmp_path, tiny_base, methods=["ga", "sga"])
     assert run_cli("run", cfg) == 2
     assert "unknown method 'sga'; valid methods: ga, npo, retrain, rga" in capsys.readouterr().err
+
+
+def test_named_variant_runs_as_its_own_row(tmp_path, tiny_base, shared_root, tmp_cache):
+    # NPO at the authors' beta = 1 beside the default beta = 0.1, as two rows of one grid.
+    cfg = grid_config(tmp_path, tiny_base, methods=["npo", "npo-b1"],
+                      method_overrides={"npo-b1": {"method": "npo", "npo": {"beta": 1.0}}})
+    assert run_cli("run", cfg) == 0
+    cell = tmp_path / "results" / "sst2" / "badnets" / "seed1"
+    assert read_json(cell / "npo" / "metrics.json")["config"]["npo"]["beta"] == 0.1
+    b1 = read_json(cell / "npo-b1" / "metrics.json")["config"]
+    assert b1["method"] == "npo" and b1["npo"]["beta"] == 1.0 and b1["lr"] == TINY["unlearn"]["lr"]
+    table = (tmp_path / "results" / "report" / "table.md").read_text()
+    assert "| npo-b1" in table and "| NPO" in table

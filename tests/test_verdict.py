@@ -122,3 +122,23 @@ def test_verdict_split_over_seeds_is_shown():
                _result("ga", GA_ISSUE, 1), _result("ga", rga, 2)]
     ga = next(r for r in summarise(results) if r["method"] == "ga")
     assert ga["verdict"] in ("shifted (partly) 1/2, neutralised 1/2", "neutralised 1/2, shifted (partly) 1/2")
+
+
+def test_multiclass_tables_show_pooled_and_class_mean_lfr():
+    from unbackdoor.evaluation import label_flip_rate_macro
+
+    names = ["World", "Sports", "Business", "Sci/Tech"]
+    clean = [[91 if i == j else 3 for j in range(4)] for i in range(4)]
+    # Non-target classes of unequal size: 100 Sports rows, 50 Business, 10 Sci/Tech, all triggered.
+    trig = [[97, 1, 1, 1], [90, 10, 0, 0], [10, 0, 40, 0], [0, 0, 0, 10]]
+    m = metrics(clean, trig, names, target=0)
+    assert round(m["lfr"], 4) == round(100 * 100 / 160, 4)            # pooled: 100 of 160 rows
+    assert round(m["lfr_macro"], 4) == round((90 + 20 + 0) / 3, 4)    # authors': mean of 90%, 20%, 0%
+    assert label_flip_rate_macro(trig, 0) == m["lfr_macro"]
+    res = [{"dataset": "agnews", "attack": "badnets", "seed": 1, "method": meth, "metrics": {"test": m},
+            "poison_meta": {"target": 0, "label_names": names}} for meth in ("retrain", "rga")]
+    md = table_markdown(summarise(res))
+    assert "| LFR (pooled) | LFR (class mean) |" in md
+    assert f"| {m['lfr']:.2f} | {m['lfr_macro']:.2f} |" in md
+    # Binary tables keep the single LFR column.
+    assert "class mean" not in table_markdown(summarise([_result("retrain", RETRAIN)]))

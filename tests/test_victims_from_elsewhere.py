@@ -138,13 +138,29 @@ def test_retrain_of_a_foreign_victim(tmp_path, poisoned, foreign, tiny_base, cap
 
 
 def test_evaluate_with_retrain_writes_delta_pacc(tmp_path, poisoned, tiny_victim, retrain_run):
+    from unbackdoor.artifacts import write_json
+    from unbackdoor.evaluation import compute_metrics
+
+    # A usable ReTrain reference (hand-made metrics: 30 rows per class, mostly right).
+    ref = compute_metrics([0] * 30 + [1] * 30, [0] * 25 + [1] * 5 + [1] * 27 + [0] * 3,
+                          [0] * 30 + [1] * 30, [0] * 22 + [1] * 8 + [1] * 26 + [0] * 4, 1, ["negative", "positive"])
+    good = tmp_path / "retrain-good"
+    write_json(good / "metrics.json", {"metrics": {"test": ref}})
     out = tmp_path / "eval.json"
+    assert run_cli("evaluate", "--model", tiny_victim, "--poisoned-set", poisoned, "--retrain", good,
+                   "--out", out) == 0
+    m = read_json(out)["metrics"]["test"]
+    assert m["delta_pacc"] == pytest.approx(abs(m["pacc"] - ref["pacc"]))
+    assert m["signed_delta_pacc"] == pytest.approx(m["pacc"] - ref["pacc"])
+    assert m["pacc"] == pytest.approx(read_json(tiny_victim / "metrics.json")["metrics"]["test"]["pacc"])
+    assert m["verdict"] in ("backdoor", "neutralised", "shifted (partly)", "shifted (fully)")
+    # The tiny ReTrain predicts one class for every row: no dPACC against it, and no verdict.
+    real = read_json(retrain_run / "metrics.json")["metrics"]["test"]
+    assert real["degenerate"]
     assert run_cli("evaluate", "--model", tiny_victim, "--poisoned-set", poisoned, "--retrain", retrain_run,
                    "--out", out) == 0
     m = read_json(out)["metrics"]["test"]
-    ref = read_json(retrain_run / "metrics.json")["metrics"]["test"]
-    assert m["delta_pacc"] == pytest.approx(abs(m["pacc"] - ref["pacc"]))
-    assert m["pacc"] == pytest.approx(read_json(tiny_victim / "metrics.json")["metrics"]["test"]["pacc"])
+    assert "delta_pacc" not in m and m["retrain_degenerate"] and m["verdict"] == "no verdict"
 
 
 # ---------------------------------------------------------------- options

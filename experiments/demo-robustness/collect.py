@@ -51,6 +51,16 @@ def main(root: Path, out: Path) -> int:
             w.writeheader()
             for d in data:
                 w.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in d.items()})
+    lines = ["| seed | threads | method | CACC | LFR | PACC | ΔPACC | PACC − ReTrain | shift gap | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['threads']} | {r['method']} | {r['cacc']:.1f} | {r['lfr']:.1f} | "
+                     f"{r['pacc']:.1f} | {r['delta_pacc']:.1f} | {r['signed_delta_pacc']:+.1f} | "
+                     f"{r['shift_gap']:+.1f} | {r['verdict']} |")
+    lines += ["", "| seed | threads | wall (s) |", "|---|---|---|"]
+    lines += [f"| {w['seed']} | {w['threads']} | {w['wall_s']:.0f} |" for w in walls if w["wall_s"]]
+    lines += ["", "Criteria not met:" if failures else "Every criterion holds in every run.", *[f"- {f}" for f in failures]]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
     runs = len(walls)
     print(f"{runs} runs; criteria (GA gap >= {GA_MIN_GAP:g} and PACC >= {GA_MIN_PACC_DROP:g} below ReTrain; "
           f"RGA |gap| <= {RGA_MAX_GAP:g} and dPACC <= {RGA_MAX_DPACC:g}): "

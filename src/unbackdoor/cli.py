@@ -263,6 +263,8 @@ def _print_metrics(metrics: dict, title: str) -> None:
         click.echo(f"  triggered-set confusion (rows true, cols predicted): {m['confusion_triggered']}")
         if m.get("degenerate"):
             click.echo(f"  WARNING: degenerate model on {split}: {m['degenerate']}; its LFR and PACC mean nothing")
+        if m.get("verdict_message"):
+            click.echo(f"  verdict against ReTrain: {m['verdict_message']}")
 
 
 def main(argv=None):

@@ -30,6 +30,13 @@ def label_flip_rate(y_true, y_pred, target: int) -> float:
     return 100.0 * sum(int(p == target) for _, p in pairs) / len(pairs)
 
 
+def label_flip_rate_macro(cm_triggered: list[list[int]], target: int) -> float:
+    """The authors' multi-class LFR: the share predicted as the target, per non-target class, averaged
+    over those classes. Equals the pooled LFR when the non-target classes are the same size."""
+    rates = [100.0 * row[target] / sum(row) for i, row in enumerate(cm_triggered) if i != target and sum(row)]
+    return sum(rates) / len(rates) if rates else float("nan")
+
+
 def recalls(cm: list[list[int]]) -> list[float]:
     return [100.0 * row[i] / sum(row) if sum(row) else float("nan") for i, row in enumerate(cm)]
 
@@ -80,7 +87,8 @@ def compute_metrics(clean_true, clean_pred, trig_true, trig_pred, target: int, l
     out = {
         "cacc": accuracy(clean_true, clean_pred),
         "pacc": accuracy(trig_true, trig_pred),
-        "lfr": label_flip_rate(trig_true, trig_pred, target),
+        "lfr": label_flip_rate(trig_true, trig_pred, target),  # pooled over the non-target rows
+        "lfr_macro": label_flip_rate_macro(cm_trig, target),
         "f1_clean": f1_macro(cm_clean),
         "macro_f1": f1_macro(cm_clean),
         "shift_gap": gap,

@@ -245,12 +245,19 @@ def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Pat
     model = accelerator.prepare_model(model, evaluation_mode=True)  # its device and precision, not the CPU's
     metrics = _evaluate(model, tok, ps, cfg, accelerator, splits)
     if retrain:
-        from .evaluation import delta_pacc
+        from .evaluation import degenerate_reason, delta_pacc
+        from .verdict import decide
 
         ref = read_json(Path(retrain) / "metrics.json")["metrics"]
-        for split in metrics:
-            if split in ref:
-                metrics[split]["delta_pacc"] = delta_pacc(metrics[split], ref[split])
+        for split, m in metrics.items():
+            if split not in ref:
+                continue
+            v = decide(m, ref[split], ps.target, ps.label_names)
+            m.update(verdict=v.label, verdict_message=v.message)
+            if degenerate_reason(ref[split]):  # a ReTrain that learned nothing is no yardstick
+                m["retrain_degenerate"] = degenerate_reason(ref[split])
+            else:
+                m.update(delta_pacc=delta_pacc(m, ref[split]), signed_delta_pacc=m["pacc"] - ref[split]["pacc"])
     result = {"model": str(model_dir), "poisoned_set": str(poisoned_set), "metrics": metrics, **provenance()}
     if out:
         write_json(out, result)

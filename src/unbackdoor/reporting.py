@@ -16,6 +16,15 @@ METHOD_ORDER = ["victim", "retrain", "ga", "npo", "rga"]
 METHOD_NAMES = {"victim": "Poisoned", "retrain": "ReTrain", "ga": "GA", "npo": "NPO", "rga": "RGA"}
 COLUMNS = [("cacc", "CACC"), ("lfr", "LFR"), ("pacc", "PACC"), ("delta_pacc", "ΔPACC"),
            ("signed_delta_pacc", "PACC − ReTrain"), ("target_shift_gap", "Shift gap")]
+# With more than two classes LFR has two readings: pooled over every non-target row (ours), and the
+# authors' mean over the non-target classes. Both are shown there, each labelled.
+MACRO_LFR = ("lfr_macro", "LFR (class mean)")
+
+
+def _columns(rows) -> list[tuple[str, str]]:
+    if any(r.get("classes", 2) > 2 for r in rows):
+        return [COLUMNS[0], ("lfr", "LFR (pooled)"), MACRO_LFR, *COLUMNS[2:]]
+    return COLUMNS
 REFERENCES = ("victim", "retrain")  # rows that are not an unlearning method's result
 
 
@@ -65,8 +74,9 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
     rows = []
     for (dataset, attack, method), ms in groups.items():
         row = {"dataset": dataset, "attack": attack, "method": method, "seeds": len(ms)}
-        for key, _ in COLUMNS:
+        for key, _ in [*COLUMNS, MACRO_LFR]:
             row[key], row[key + "_std"] = _mean_std([m.get(key) for m in ms])
+        row["classes"] = len(ms[0]["confusion_triggered"])
         row["verdict"] = _verdict_label([m["verdict"] for m in ms])
         row["degenerate"] = next((m["degenerate"] for m in ms if m["degenerate"]), None)
         rows.append(row)
@@ -105,9 +115,9 @@ def _name(r) -> str:
     return name + (" ⚠ degenerate" if r.get("degenerate") else "")
 
 
-def _cells(r, best, bold):
+def _cells(r, best, bold, columns=COLUMNS):
     cells = []
-    for key, _ in COLUMNS:
+    for key, _ in columns:
         s = _fmt(r[key], r[key + "_std"], r["seeds"], signed=key in ("signed_delta_pacc", "target_shift_gap"))
         if key == "delta_pacc" and _is_best(r, best):
             s = bold(s)
@@ -116,12 +126,12 @@ def _cells(r, best, bold):
 
 
 def table_markdown(rows) -> str:
-    best = _best_delta(rows)
-    head = "| dataset | attack | method | " + " | ".join(n for _, n in COLUMNS) + " | verdict |"
-    lines = [head, "|" + "---|" * (4 + len(COLUMNS))]
+    best, columns = _best_delta(rows), _columns(rows)
+    head = "| dataset | attack | method | " + " | ".join(n for _, n in columns) + " | verdict |"
+    lines = [head, "|" + "---|" * (4 + len(columns))]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['attack']} | {_name(r)} | "
-                     + " | ".join(_cells(r, best, lambda s: f"**{s}**")) + " |")
+                     + " | ".join(_cells(r, best, lambda s: f"**{s}**", columns)) + " |")
     notes = [f"- {r['dataset']}/{r['attack']}/{_name(r)}: {r['degenerate']}" for r in rows if r["degenerate"]]
     if notes:
         lines += ["", "**Degenerate models** (their numbers mean little; no ΔPACC or verdict against a degenerate "
@@ -131,7 +141,7 @@ def table_markdown(rows) -> str:
 
 def table_csv(rows) -> str:
     buf = io.StringIO()
-    keys = ["dataset", "attack", "method", "seeds"] + [k for c, _ in COLUMNS for k in (c, c + "_std")] + \
+    keys = ["dataset", "attack", "method", "seeds"] + [k for c, _ in _columns(rows) for k in (c, c + "_std")] + \
         ["verdict", "degenerate"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
@@ -140,12 +150,12 @@ def table_csv(rows) -> str:
 
 
 def table_latex(rows) -> str:
-    best = _best_delta(rows)
-    out = ["\\begin{tabular}{lll" + "r" * len(COLUMNS) + "l}", "\\toprule",
+    best, columns = _best_delta(rows), _columns(rows)
+    out = ["\\begin{tabular}{lll" + "r" * len(columns) + "l}", "\\toprule",
            "Dataset & Attack & Method & " + " & ".join(n.replace("Δ", "$\\Delta$").replace("−", "$-$")
-                                                       for _, n in COLUMNS) + " & Verdict \\\\", "\\midrule"]
+                                                       for _, n in columns) + " & Verdict \\\\", "\\midrule"]
     for r in rows:
-        cells = [c.replace("±", "$\\pm$").replace("⚠", "") for c in _cells(r, best, lambda s: f"\\textbf{{{s}}}")]
+        cells = [c.replace("±", "$\\pm$").replace("⚠", "") for c in _cells(r, best, lambda s: f"\\textbf{{{s}}}", columns)]
         out.append(f"{r['dataset']} & {r['attack']} & {_name(r).replace('⚠', '(!)')} & " + " & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"

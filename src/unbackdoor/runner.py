@@ -33,7 +33,7 @@ class ExperimentConfig(Strict):
     poison: PoisonSection = PoisonSection()
     train: TrainConfig = TrainConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
-    method_overrides: dict[str, dict] = Field(default_factory=dict, description="per-method unlearn settings, e.g. {ga: {lr: 5e-5}}")
+    method_overrides: dict[str, dict] = Field(default_factory=dict, description="per-method unlearn settings, e.g. {ga: {lr: 5e-5}}; an entry with its own 'method' is a named variant, e.g. {npo-b1: {method: npo, npo: {beta: 1.0}}}, run as its own row")
     detectors: list[str] = Field(default_factory=list, description="also unlearn from each detector's flags (stage <method>-<detector>)")
     detect: DetectConfig = DetectConfig()
     poisoned_fractions: list[float] = Field(default_factory=list, description="also unlearn from a random share of the true D_p (stage <method>-gt<percent>)")
@@ -142,8 +142,12 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
 
     valid_methods = sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})
     for m in cfg.methods:
-        if m not in valid_methods:
-            raise ConfigError(f"methods: unknown method '{m}'; valid methods: {', '.join(valid_methods)}")
+        # A named variant (e.g. npo-b1) is a method_overrides entry that says which objective it runs.
+        base = cfg.method_overrides.get(m, {}).get("method", m)
+        if base not in valid_methods or base == "retrain" and m != "retrain":
+            raise ConfigError(f"methods: unknown method '{m}'; valid methods: {', '.join(valid_methods)}, or a "
+                              "variant named in method_overrides with its method, e.g. {npo-b1: {method: npo, "
+                              "npo: {beta: 1.0}}}")
     for a in cfg.attacks:
         if a not in ATTACKS:
             raise ConfigError(f"attacks: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
@@ -207,7 +211,9 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                     if method == "retrain":
                         continue
                     data = cfg.unlearn.model_dump()
-                    data.update(method=method, seed=seed, **cfg.method_overrides.get(method, {}))
+                    data.update(method=method, seed=seed)
+                    for k, v in cfg.method_overrides.get(method, {}).items():  # sections merge, not replace
+                        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
                     ucfg = validate(UnlearnConfig, data, f"unlearn config for {method}")
                     for suffix, source in sources.items():
                         stage = cell / f"{method}{suffix}"
