@@ -40,10 +40,13 @@ def main(root: Path, out: Path) -> int:
                          "pacc": r["pacc"], "delta_pacc": r["delta_pacc"], "signed_delta_pacc": r["signed_delta_pacc"],
                          "shift_gap": r["target_shift_gap"], "verdict": r["verdict"]})
         ga, rga = by["ga"], by["rga"]
-        if not (ga["target_shift_gap"] >= GA_MIN_GAP and -ga["signed_delta_pacc"] >= GA_MIN_PACC_DROP):
-            failures.append(f"{run.name}: GA gap {ga['target_shift_gap']:+.1f}, PACC - ReTrain {ga['signed_delta_pacc']:+.1f}")
-        if not (abs(rga["target_shift_gap"]) <= RGA_MAX_GAP and rga["delta_pacc"] <= RGA_MAX_DPACC):
-            failures.append(f"{run.name}: RGA gap {rga['target_shift_gap']:+.1f}, dPACC {rga['delta_pacc']:.1f}")
+        checks = [("GA shift gap", ga["target_shift_gap"], ">=", GA_MIN_GAP),
+                  ("GA PACC below ReTrain", -ga["signed_delta_pacc"], ">=", GA_MIN_PACC_DROP),
+                  ("RGA |shift gap|", abs(rga["target_shift_gap"]), "<=", RGA_MAX_GAP),
+                  ("RGA dPACC", rga["delta_pacc"], "<=", RGA_MAX_DPACC)]
+        for name, value, op, bound in checks:
+            if not (value >= bound if op == ">=" else value <= bound):
+                failures.append(f"{run.name}: {name} {value:.1f}, needs {op} {bound:g}")
     out.mkdir(parents=True, exist_ok=True)
     for name, data in (("results.csv", rows), ("walltimes.csv", walls)):
         with open(out / name, "w", newline="") as f:
