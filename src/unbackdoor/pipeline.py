@@ -254,8 +254,9 @@ def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Pat
                 continue
             v = decide(m, ref[split], ps.target, ps.label_names)
             m.update(verdict=v.label, verdict_message=v.message)
-            if degenerate_reason(ref[split]):  # a ReTrain that learned nothing is no yardstick
-                m["retrain_degenerate"] = degenerate_reason(ref[split])
+            bad = degenerate_reason(ref[split])
+            if bad:  # a ReTrain that learned nothing is no yardstick
+                m["retrain_degenerate"] = bad
             else:
                 m.update(delta_pacc=delta_pacc(m, ref[split]), signed_delta_pacc=m["pacc"] - ref[split]["pacc"])
     result = {"model": str(model_dir), "poisoned_set": str(poisoned_set), "metrics": metrics, **provenance()}
