@@ -245,3 +245,28 @@ def test_balanced_class_weights_reach_the_ce_on_training_and_clean_rows():
     assert logs["ce_c"] == pytest.approx(((wy * each).sum() / wy.sum()).item(), rel=1e-5)
     assert logs["ce_p"] == pytest.approx(F.cross_entropy(m(batch(label=1)["input_ids"]).logits,
                                                          torch.ones(4, dtype=torch.long)).item(), rel=1e-5)
+
+
+def test_lambda_floor_of_the_papers_kl_and_its_removal():
+    # Binary f_p with eps = 0.1 on the non-target class; f_theta moves all its mass there.
+    ref = torch.log(torch.tensor([[0.1, 0.9]]))
+    far = torch.tensor([[30.0, -30.0]])
+    from unbackdoor.unlearning import kl_cap
+
+    assert kl_cap(ref).item() == pytest.approx(math.log(10), rel=1e-5)
+    assert kl_per_sample(far, ref).item() == pytest.approx(math.log(10), rel=1e-4)  # KL has reached its cap
+    kept, _ = rga_lambda(far, ref, 2.0)
+    removed, _ = rga_lambda(far, ref, 2.0, floor="remove")
+    assert kept.item() == pytest.approx(0.01, rel=1e-3)  # eps^alpha: the ascent never stops
+    assert removed.item() == pytest.approx(0.0, abs=1e-6)
+    same, _ = rga_lambda(ref.clone(), ref, 2.0, floor="remove")
+    assert same.item() == pytest.approx(1.0)
+    # In between, the rescaled lambda is (lambda - floor) / (1 - floor), per sample too.
+    mid = torch.tensor([[0.0, 0.0]])
+    k, _ = rga_lambda(mid, ref, 2.0, mode="sample")
+    r, _ = rga_lambda(mid, ref, 2.0, mode="sample", floor="remove")
+    assert r.item() == pytest.approx((k.item() - 0.01) / 0.99, rel=1e-4)
+    # The authors' direction KL(f_p || f_theta) has no cap: nothing to remove.
+    a, _ = rga_lambda(far, ref, 2.0, direction="poisoned_current")
+    b, _ = rga_lambda(far, ref, 2.0, direction="poisoned_current", floor="remove")
+    assert a.item() == b.item() < 1e-10

@@ -77,6 +77,7 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = Field(False, description="trade compute for memory on large models")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: weight the CE loss by inverse class frequency of the training rows (imbalanced data)")
+    group_by_length: bool = Field(True, description="batches of similar length in random order (about 1.8x faster on SST-2); false: plain random batches")
     lora: LoraSettings = LoraSettings()
 
 
@@ -87,6 +88,9 @@ class RGAConfig(Strict):
         "current_poisoned", description="KL(f_theta || f_p) (paper) or KL(f_p || f_theta) (authors' code)")
     lambda_mode: Literal["batch", "sample"] = Field("batch", description="one lambda per batch from the mean KL, or one per sample")
     l2: Literal["global", "per_tensor"] = Field("global", description="one L2 norm over all parameters (paper) or a sum of per-tensor norms (authors' code)")
+    lambda_floor: Literal["keep", "remove"] = Field(
+        "keep", description="keep: lambda = exp(-alpha*KL) (paper); remove: rescale so lambda reaches 0 where KL(f_theta||f_p) "
+        "reaches its maximum, log(1/min_c f_p(c|x)) (otherwise lambda never falls below min_c f_p(c|x)^alpha)")
 
 
 class NPOConfig(Strict):
@@ -116,6 +120,10 @@ class UnlearnConfig(Strict):
     gradient_checkpointing: bool = False
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: weight the CE on D_c by inverse class frequency of D_c (imbalanced data)")
+    group_by_length: bool = Field(True, description="batches of similar length in random order; false: plain random batches")
+    reset_optimizer: bool = Field(False, description="restart AdamW's moments every epoch (authors' code builds a new AdamW per epoch)")
+    clean_sampling: Literal["shuffle", "replacement"] = Field(
+        "shuffle", description="D_c batches from a shuffled pass, or drawn with replacement (authors' code)")
     eval_every: int = Field(5, ge=0, description="evaluate CACC/LFR/PACC every k epochs (0 = only at the end)")
     eval_subset: int = Field(0, ge=0, description="evaluations before the last use a fixed class-stratified subset of k rows of each evaluation set (0 = all rows); the final model is always evaluated on all")
     base_model: Optional[str] = Field(None, description="theta_base for RGA, the clean model the victim was fine-tuned from; ReTrain trains it for a victim without unbackdoor.json (default: from the victim's unbackdoor.json or config, never the victim itself)")

@@ -92,6 +92,31 @@ class Collator:
         return batch
 
 
+class LengthGroupedBatches:
+    """Batches of similar length, in random order (the Trainer's `group_by_length`, with the batch
+    order shuffled too). Random batches of SST-2 are half padding; grouped ones are ~3%.
+
+    Rows are shuffled, cut into mega-batches of `mega` batches, sorted by length inside each, cut
+    into batches, and the batches shuffled: each epoch still sees a different mix, and no
+    long-to-short order is imposed on the optimisation.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator, mega: int = 50):
+        self.lengths, self.batch_size, self.generator, self.mega = lengths, batch_size, generator, mega
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.mega * self.batch_size
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        yield from (batches[i] for i in torch.randperm(len(batches), generator=self.generator).tolist())
+
+    def __len__(self):
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -140,6 +165,9 @@ class LoopConfig:
     seed: int = 42
     eval_batch_size: int = 128
     checkpoint_every: int = 1
+    group_by_length: bool = True
+    reset_optimizer: bool = False
+    clean_sampling: str = "shuffle"
 
     @classmethod
     def of(cls, cfg, **overrides) -> "LoopConfig":
@@ -205,10 +233,17 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
     set_seed(cfg.seed)
     collator = Collator(tokenizer)
 
-    def loader(dataset, epoch, batch_size):
+    def loader(dataset, epoch, batch_size, replacement=False):
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # data order is a function of the epoch
-        return accelerator.prepare_data_loader(
-            DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collator))
+        if replacement:  # the authors' code draws D_c batches with replacement
+            sampler = torch.utils.data.RandomSampler(dataset, replacement=True, generator=g)
+            dl = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+        elif cfg.group_by_length:
+            lengths = [len(f["input_ids"]) for f in dataset.features]
+            dl = DataLoader(dataset, batch_sampler=LengthGroupedBatches(lengths, batch_size, g), collate_fn=collator)
+        else:
+            dl = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collator)
+        return accelerator.prepare_data_loader(dl)
 
     # batch_size is the global batch: each of N processes takes batch_size / N, so the optimisation
     # is the same on one CPU and on many GPUs.
@@ -248,8 +283,13 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
                        total=steps_per_epoch, disable=not (progress and accelerator.is_local_main_process),
                        leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)
             # Clean batches are drawn at random, from a stream seeded by the epoch so a resumed run repeats it.
-            paired_iter = (_infinite(lambda e, ep=epoch: loader(paired, 100_000 * (ep + 1) + e, per_device))
+            paired_iter = (_infinite(lambda e, ep=epoch: loader(paired, 100_000 * (ep + 1) + e, per_device,
+                                                                 cfg.clean_sampling == "replacement"))
                            if paired is not None else None)
+            if cfg.reset_optimizer and epoch > 1 and skip == 0:
+                # The authors' code builds a fresh AdamW each epoch: Adam's moments restart from zero.
+                # (A run resumed mid-epoch keeps the restored state, as the uninterrupted run did.)
+                optimizer.optimizer.state.clear()
             for _ in range(skip if paired_iter is not None else 0):
                 next(paired_iter)
             for batch in bar:

@@ -38,11 +38,28 @@ def kl_per_sample(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def rga_lambda(logits, ref_logits, alpha: float, direction: str = "current_poisoned", mode: str = "batch"):
-    """lambda = exp(-alpha * KL), computed without gradient: it scales the ascent, it is not optimised."""
+def kl_cap(ref_logits: torch.Tensor) -> torch.Tensor:
+    """max over f_theta of KL(f_theta || f_p) = log(1 / min_c f_p(c|x)): all mass on f_p's least likely class."""
+    return -F.log_softmax(ref_logits.float(), -1).min(-1).values
+
+
+def rga_lambda(logits, ref_logits, alpha: float, direction: str = "current_poisoned", mode: str = "batch",
+               floor: str = "keep"):
+    """lambda = exp(-alpha * KL), computed without gradient: it scales the ascent, it is not optimised.
+
+    With the paper's KL(f_theta || f_p) the KL is capped (kl_cap), so lambda never falls below
+    exp(-alpha * cap) = min_c f_p(c|x)^alpha: once CE(D_c) is fitted that floor keeps the ascent
+    going. floor="remove" rescales lambda linearly so it is 1 at KL = 0 and 0 at the cap.
+    KL(f_p || f_theta) has no cap, so there is no floor to remove.
+    """
     with torch.no_grad():
         kl = kl_per_sample(logits.detach(), ref_logits, direction)
-        return (torch.exp(-alpha * kl.mean()) if mode == "batch" else torch.exp(-alpha * kl)), kl
+        reduce = (lambda t: t.mean()) if mode == "batch" else (lambda t: t)
+        lam = torch.exp(-alpha * reduce(kl))
+        if floor == "remove" and direction == "current_poisoned":
+            low = torch.exp(-alpha * reduce(kl_cap(ref_logits)))
+            lam = ((lam - low) / (1 - low).clamp_min(1e-12)).clamp(0, 1)
+        return lam, kl
 
 
 def npo_loss(ce_theta: torch.Tensor, ce_ref: torch.Tensor, beta: float) -> torch.Tensor:
@@ -233,7 +250,7 @@ class RGA(Unlearning):
 
     def forget(self, logits, ce_each, batch, logs):
         r = self.cfg.rga
-        lam, kl = rga_lambda(logits, self.reference(batch), r.alpha, r.kl_direction, r.lambda_mode)
+        lam, kl = rga_lambda(logits, self.reference(batch), r.alpha, r.kl_direction, r.lambda_mode, r.lambda_floor)
         logs.update({"lambda": lam.mean().item(), "kl": kl.mean().item()})
         return -(lam * ce_each.mean()) if r.lambda_mode == "batch" else -(lam * ce_each).mean()
 
