@@ -27,14 +27,14 @@ def test_grouped_batches_cover_each_row_once_with_little_padding():
 
 
 class Recorder(CrossEntropy):
-    """CE that keeps the classifier bias before each step, so the test sees every update."""
+    """CE that keeps the classifier weights before each step, so the test sees every update."""
 
     def __init__(self, labels=None):
         super().__init__()
         self.snapshots, self.labels = [], labels
 
     def __call__(self, model, batch, clean):
-        self.snapshots.append(model.classifier.bias.detach().clone())
+        self.snapshots.append(model.classifier.weight.detach().flatten().clone())
         if clean is not None:
             self.labels.extend(clean["idx"].tolist())
         return super().__call__(model, batch, clean)

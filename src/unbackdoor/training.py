@@ -235,12 +235,15 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
 
     def loader(dataset, epoch, batch_size, replacement=False):
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # data order is a function of the epoch
+        # Each DataLoader also gets `generator`: without one, starting its iterator draws a seed from the
+        # global RNG, and a run resumed mid-epoch would then see other dropout masks than the original.
         if replacement:  # the authors' code draws D_c batches with replacement
             sampler = torch.utils.data.RandomSampler(dataset, replacement=True, generator=g)
-            dl = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+            dl = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator, generator=g)
         elif cfg.group_by_length:
             lengths = [len(f["input_ids"]) for f in dataset.features]
-            dl = DataLoader(dataset, batch_sampler=LengthGroupedBatches(lengths, batch_size, g), collate_fn=collator)
+            dl = DataLoader(dataset, batch_sampler=LengthGroupedBatches(lengths, batch_size, g), collate_fn=collator,
+                            generator=g)
         else:
             dl = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collator)
         return accelerator.prepare_data_loader(dl)
