@@ -113,9 +113,12 @@ def poison(out, config_file, sets, **kw):
 
     cfg = build_config(PoisonConfig, "poison", config_file, sets, kw)
     ps = run_poison(cfg, out)
-    c = ps.meta["counts"]
+    c, how = ps.meta["counts"], ps.meta["poisoning"]
     click.echo(f"wrote {out}: {c['train']} training rows ({c['poisoned']} poisoned -> "
                f"'{ps.meta['target_name']}'), {c['test_triggered']} triggered test rows over all classes")
+    if how["source"] == "file":
+        click.echo(f"  poisoned rows imported from {how['file']}: {how['poisoned_used']} of its {how['poisoned_in_file']}, "
+                   f"added to the clean rows ({100 * how['rate']:.1f}% of the non-target rows)")
     for s in ps.meta["triggered_test_sources"]:
         click.echo(f"  triggered {s['class']}: {s['triggered']} rows from {s['source']}"
                    + (f" ({s['skipped_no_paraphrase']} test rows without a paraphrase left out)"
