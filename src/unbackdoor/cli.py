@@ -215,16 +215,20 @@ def run(config_file, overrides, no_report):
 
 
 @cli.command()
-@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", default=None, help="report folder [default: RESULTS_DIR/report]")
+@click.argument("results_dirs", nargs=-1, required=True, metavar="RESULTS_DIR...",
+                type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, help="report folder [default: RESULTS_DIR/report; required with several folders]")
 @click.option("--split", type=click.Choice(["test", "dev"]), default="test")
 @click.option("--linear", is_flag=True, help="linear instead of log scale for the poisoned-loss figure")
-@click.option("--title", default=None, help="report title [default: the results folder]")
-def report(results_dir, out, split, linear, title):
-    """Paper-style table (Markdown, CSV, LaTeX), figures and report.md from a results folder."""
+@click.option("--title", default=None, help="report title [default: the results folders]")
+def report(results_dirs, out, split, linear, title):
+    """Paper-style table (Markdown, CSV, LaTeX), figures and report.md from one results folder, or one
+    Table 2 (dataset blocks in the paper's order) over several, e.g. one per dataset."""
     from .reporting import write_report
 
-    click.echo(f"wrote {write_report(results_dir, out, split, log_scale=not linear, title=title)}")
+    if len(results_dirs) > 1 and out is None:
+        raise click.UsageError("--out is required with several results folders")
+    click.echo(f"wrote {write_report(list(results_dirs), out, split, log_scale=not linear, title=title)}")
 
 
 @cli.command()
