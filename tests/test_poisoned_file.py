@@ -137,14 +137,14 @@ def test_paper_agnews_preset_imports_only_for_hiddenkiller():
     assert (bn.name, bn.mode, bn.rate, bn.poisoned_train) == ("badnets", "replace", 0.5, None)
 
 
-def test_attack_override_for_an_attack_not_in_the_grid(tmp_path, capsys):
+def test_attack_override_with_a_typo(tmp_path, capsys):
     import yaml
 
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "r"), "attacks": ["badnets"],
                                     "attack_overrides": {"hidenkiller": {"mode": "add"}}}))
     assert run_cli("run", path) == 2
-    assert "attack_overrides: 'hidenkiller' is not one of this grid's attacks ['badnets']" in capsys.readouterr().err
+    assert "attack_overrides: unknown attack 'hidenkiller'; valid attacks: addsent, badnets" in capsys.readouterr().err
     path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "r"), "attacks": ["badnets"],
                                     "attack_overrides": {"badnets": {"mdoe": "add"}}}))
     assert run_cli("run", path) == 2

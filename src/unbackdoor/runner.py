@@ -159,8 +159,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
         if a not in ATTACKS:
             raise ConfigError(f"attacks: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
     for a in cfg.attack_overrides:
-        if a not in cfg.attacks:  # a typo here would silently run the paper's setting instead
-            raise ConfigError(f"attack_overrides: '{a}' is not one of this grid's attacks {cfg.attacks}")
+        # Checked against every attack, not this grid's: a preset's override stays valid when a command runs
+        # one attack of it (attacks=[badnets]), while a typo would silently run the paper's setting instead.
+        if a not in ATTACKS:
+            raise ConfigError(f"attack_overrides: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
         _attack_config(cfg, a)  # a bad field fails now, not after the cells before it have run
     for s in cfg.eval_splits:
         if s not in ("test", "dev"):
