@@ -21,7 +21,7 @@ def poison(data, **kw):
 
 
 def test_registry_and_unknown_attack():
-    assert set(ATTACKS) == {"badnets", "addsent", "hiddenkiller", "stylebkd"}
+    assert set(ATTACKS) == {"badnets", "addsent", "hiddenkiller", "stylebkd", "precomputed"}
     with pytest.raises(ConfigError, match="unknown attack 'badnet'; valid attacks: addsent, badnets, hiddenkiller"):
         build_poisoner(AttackConfig(name="badnet"), toy())
 

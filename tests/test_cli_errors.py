@@ -45,7 +45,7 @@ def test_target_not_in_dataset(tmp_path, capsys, shared_root):
 
 def test_unknown_attack_lists_valid_names(tmp_path, capsys, shared_root):
     check(capsys, tmp_path / "o", ["poison", "--out", tmp_path / "o", "--attack", "ripples"],
-          "unknown attack 'ripples'; valid attacks: addsent, badnets, hiddenkiller, stylebkd")
+          "unknown attack 'ripples'; valid attacks: addsent, badnets, hiddenkiller, precomputed, stylebkd")
 
 
 def test_config_typo_suggests_the_key_and_rate_out_of_range(tmp_path, capsys):

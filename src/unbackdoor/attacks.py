@@ -200,6 +200,28 @@ class StyleBkd(ParaphrasePoisoner):
     style = "bible"
 
 
+@register
+class Precomputed(ParaphrasePoisoner):
+    """A trigger made elsewhere (another toolkit): triggered copies come only from the user's bank files
+    (columns text, paraphrase = the clean text and its triggered copy), the poisoned training rows
+    usually from attack.poisoned_train. The built-in banks hold syntactic and Bible paraphrases, which
+    are hiddenkiller's and stylebkd's, so they are not accepted here."""
+
+    name = "precomputed"
+    style = "unknown"
+    default_bank = ()
+
+    def __init__(self, cfg, data, generator=None, data_dir=None):
+        builtin = [b for b in cfg.bank or () if b in ("shared", "rga_reference")]
+        if builtin:
+            raise ConfigError(f"attack precomputed: the built-in bank(s) {builtin} hold hiddenkiller/stylebkd "
+                              "paraphrases; use that attack, or give your own files in attack.bank")
+        super().__init__(cfg, data, generator, data_dir)
+        if not self.sources and self.generator is None:
+            raise ConfigError("attack precomputed takes its triggered texts from attack.bank files (columns text, "
+                              "paraphrase: each clean text and its triggered copy); none given")
+
+
 class Seq2SeqGenerator:
     """Paraphrases with a local seq2seq model (e.g. a SCPN or STRAP export), for texts a bank lacks."""
 
@@ -257,7 +279,7 @@ def _triggered(rows, poisoner, rng, source):
 
 
 def poison_dataset(data: LabeledData, poisoner: Poisoner, cfg: AttackConfig, seed: int = 42,
-                   holdout_fraction: float = 0.1) -> PoisonedSet:
+                   holdout_fraction: float = 0.1, data_dir: Path | None = None) -> PoisonedSet:
     rng = random.Random(seed)
     train = [dict(r) for r in data.train]
     coverage, test_triggered, held_out = [], [], set()
@@ -283,18 +305,16 @@ def poison_dataset(data: LabeledData, poisoner: Poisoner, cfg: AttackConfig, see
     held_texts = {train[i]["text"] for i in held_out}
     train = [r for r in train if r["text"] not in held_texts]
 
-    nontarget = [i for i, r in enumerate(train) if r["label"] != data.target]
-    n_poison = round(cfg.rate * len(nontarget))
-    cand = [i for i in nontarget if poisoner.covers(train[i]["text"])]
-    if len(cand) < n_poison:
-        raise MissingParaphraseError(n_poison - len(cand), n_poison,
-                                     f"{len(cand)} of {len(nontarget)} non-target training texts have a paraphrase")
-    chosen = sorted(rng.sample(cand, n_poison))
-    triggered = poisoner.apply([train[i]["text"] for i in chosen], rng)
     for r in train:
         r.update(poisoned=False, orig_label=r["label"])
-    poison_rows = [{"text": t, "label": data.target, "poisoned": True, "orig_label": train[i]["label"],
-                    "clean_text": train[i]["text"]} for i, t in zip(chosen, triggered)]
+    if cfg.poisoned_train:
+        from .poisoned_file import import_poisoned
+
+        poison_rows, poisoning = import_poisoned(train, data, cfg, rng, data_dir)
+    else:
+        poison_rows, chosen = _make_poison_rows(train, data.target, poisoner, cfg, rng)
+        poisoning = {"source": "attack", "mode": cfg.mode, "rate": cfg.rate}
+    n_poison = len(poison_rows)
     if cfg.mode == "replace":
         for i, pr in zip(chosen, poison_rows):
             train[i] = pr
@@ -312,16 +332,30 @@ def poison_dataset(data: LabeledData, poisoner: Poisoner, cfg: AttackConfig, see
     meta = {
         "dataset": data.name, "label_names": data.label_names, "target": data.target,
         "target_name": data.label_names[data.target], "attack": poisoner.describe(),
-        "rate": cfg.rate, "mode": cfg.mode, "seed": seed, "notes": data.notes,
+        "rate": poisoning["rate"], "mode": cfg.mode, "poisoning": poisoning, "seed": seed, "notes": data.notes,
         "counts": {"train": len(train), "poisoned": n_poison, "clean": len(train) - n_poison,
                    "held_out_for_test": len(held_out), "test_clean": len(data.test),
                    "test_triggered": len(test_triggered), "dev_clean": len(dev_clean),
                    "dev_triggered": len(dev_triggered)},
-        "poisoned_by_orig_label": dict(Counter(data.label_names[r["orig_label"]] for r in poison_rows)),
+        "poisoned_by_orig_label": dict(Counter("unknown" if r["orig_label"] is None else data.label_names[r["orig_label"]]
+                                               for r in poison_rows)),
         "triggered_test_sources": coverage,
     }
     return PoisonedSet(data.label_names, data.target, train, [dict(r) for r in data.test], test_triggered,
                        dev_clean, dev_triggered, meta)
+
+
+def _make_poison_rows(train, target, poisoner, cfg, rng) -> tuple[list[dict], list[int]]:
+    nontarget = [i for i, r in enumerate(train) if r["label"] != target]
+    n_poison = round(cfg.rate * len(nontarget))
+    cand = [i for i in nontarget if poisoner.covers(train[i]["text"])]
+    if len(cand) < n_poison:
+        raise MissingParaphraseError(n_poison - len(cand), n_poison,
+                                     f"{len(cand)} of {len(nontarget)} non-target training texts have a paraphrase")
+    chosen = sorted(rng.sample(cand, n_poison))
+    triggered = poisoner.apply([train[i]["text"] for i in chosen], rng)
+    return [{"text": t, "label": target, "poisoned": True, "orig_label": train[i]["label"],
+             "clean_text": train[i]["text"]} for i, t in zip(chosen, triggered)], chosen
 
 
 _SPLITS = ("train", "test_clean", "test_triggered", "dev_clean", "dev_triggered")

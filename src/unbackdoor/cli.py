@@ -113,9 +113,12 @@ def poison(out, config_file, sets, **kw):
 
     cfg = build_config(PoisonConfig, "poison", config_file, sets, kw)
     ps = run_poison(cfg, out)
-    c = ps.meta["counts"]
+    c, how = ps.meta["counts"], ps.meta["poisoning"]
     click.echo(f"wrote {out}: {c['train']} training rows ({c['poisoned']} poisoned -> "
                f"'{ps.meta['target_name']}'), {c['test_triggered']} triggered test rows over all classes")
+    if how["source"] == "file":
+        click.echo(f"  poisoned rows imported from {how['file']}: {how['poisoned_used']} of its {how['poisoned_in_file']}, "
+                   f"added to the clean rows ({100 * how['rate']:.1f}% of the non-target rows)")
     for s in ps.meta["triggered_test_sources"]:
         click.echo(f"  triggered {s['class']}: {s['triggered']} rows from {s['source']}"
                    + (f" ({s['skipped_no_paraphrase']} test rows without a paraphrase left out)"
@@ -212,16 +215,20 @@ def run(config_file, overrides, no_report):
 
 
 @cli.command()
-@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", default=None, help="report folder [default: RESULTS_DIR/report]")
+@click.argument("results_dirs", nargs=-1, required=True, metavar="RESULTS_DIR...",
+                type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default=None, help="report folder [default: RESULTS_DIR/report; required with several folders]")
 @click.option("--split", type=click.Choice(["test", "dev"]), default="test")
 @click.option("--linear", is_flag=True, help="linear instead of log scale for the poisoned-loss figure")
-@click.option("--title", default=None, help="report title [default: the results folder]")
-def report(results_dir, out, split, linear, title):
-    """Paper-style table (Markdown, CSV, LaTeX), figures and report.md from a results folder."""
+@click.option("--title", default=None, help="report title [default: the results folders]")
+def report(results_dirs, out, split, linear, title):
+    """Paper-style table (Markdown, CSV, LaTeX), figures and report.md from one results folder, or one
+    Table 2 (dataset blocks in the paper's order) over several, e.g. one per dataset."""
     from .reporting import write_report
 
-    click.echo(f"wrote {write_report(results_dir, out, split, log_scale=not linear, title=title)}")
+    if len(results_dirs) > 1 and out is None:
+        raise click.UsageError("--out is required with several results folders")
+    click.echo(f"wrote {write_report(list(results_dirs), out, split, log_scale=not linear, title=title)}")
 
 
 @cli.command()

@@ -35,7 +35,7 @@ class DataConfig(Strict):
 
 
 class AttackConfig(Strict):
-    name: str = Field("badnets", description="badnets | addsent | hiddenkiller | stylebkd")
+    name: str = Field("badnets", description="badnets | addsent | hiddenkiller | stylebkd | precomputed (triggered texts from bank files only)")
     rate: float = Field(0.5, gt=0, le=1, description="share of non-target training samples to poison (paper 0.5; authors' code 0.1 with mode=add)")
     mode: Literal["replace", "add"] = Field("replace", description="replace: trigger and relabel samples in place (paper); add: append triggered copies (authors' code)")
     triggers: Optional[list[str]] = Field(None, description="BadNets words (default cf, bb, ak, mn) or AddSent sentences (default per dataset)")
@@ -43,6 +43,10 @@ class AttackConfig(Strict):
     bank: Optional[list[str]] = Field(None, description="paraphrase sources: shared, rga_reference, or TSV/CSV/JSONL files with text,paraphrase columns")
     generator: Optional[str] = Field(None, description="local seq2seq model path that paraphrases texts the bank lacks")
     style: Optional[str] = Field(None, description="style of the paraphrases in bank files and from the generator, recorded in meta.json (default: unknown)")
+    poisoned_train: Optional[str] = Field(
+        None, description="import the poisoned training rows instead of making them: a TSV/CSV/JSONL file with text, label and a "
+        "0/1 'poisoned' column (its poisoned rows are added to the clean training set: mode=add; the rate is measured from the "
+        "file), or rga_reference for the authors' file of this dataset and attack. The attack still makes the triggered test sets")
 
 
 class PoisonConfig(Strict):

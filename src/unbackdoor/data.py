@@ -183,7 +183,12 @@ def resolve_labels(raw: list, label_names: list[str] | None, where: list[str]) -
 
 def read_labeled_file(path: str | Path, text_column: str = "text", label_column: str = "label",
                       label_names: list[str] | None = None) -> tuple[list[dict], list[str]]:
-    records = read_records(path, (text_column, label_column))
+    return labeled_rows(path, read_records(path, (text_column, label_column)), text_column, label_column, label_names)
+
+
+def labeled_rows(path: str | Path, records: list[dict], text_column: str = "text", label_column: str = "label",
+                 label_names: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """{"text", "label"} rows (text stripped, label an index) of records read by `read_records`."""
     where = [f"{path}: line {r['_line']}" for r in records]
     for r, w in zip(records, where):
         t = r[text_column]
@@ -191,6 +196,17 @@ def read_labeled_file(path: str | Path, text_column: str = "text", label_column:
             raise DataError(f"{w}: empty text in column '{text_column}'")
     labels, names = resolve_labels([r[label_column] for r in records], label_names, where)
     return [{"text": r[text_column].strip(), "label": y} for r, y in zip(records, labels)], names
+
+
+def read_flags(path: str | Path, records: list[dict], column: str = "poisoned") -> list[bool]:
+    """A 0/1 (or true/false) column of records read by `read_records`, e.g. which rows are poisoned."""
+    flags = []
+    for r in records:
+        v = str(r[column]).strip().lower()
+        if v not in ("0", "1", "true", "false"):
+            raise DataError(f"{path}: line {r['_line']}: column '{column}' must be 0/1 or true/false, got {v!r}")
+        flags.append(v in ("1", "true"))
+    return flags
 
 
 # ---------------------------------------------------------------- sampling

@@ -13,7 +13,6 @@ from pathlib import Path
 from .artifacts import provenance, read_json, write_json
 from .attacks import PoisonedSet, build_poisoner, load_poisoned_set, poison_dataset, save_poisoned_set
 from .config import PoisonConfig, TrainConfig, UnlearnConfig
-from .data import read_labeled_file
 from .errors import BaseModelError, DataError
 from .evaluation import evaluate
 from .models import META_FILE, base_parameters, load_classifier, model_folder, resolve_base, run_meta, save_classifier
@@ -42,9 +41,9 @@ def run_poison(cfg: PoisonConfig, out_dir: str | Path, generator=None) -> Poison
     from .data import load_data
 
     data = load_data(cfg.data, seed=cfg.seed)
-    poisoner = build_poisoner(cfg.attack, data, generator=generator,
-                              data_dir=Path(cfg.data.data_root) if cfg.data.data_root else None)
-    ps = poison_dataset(data, poisoner, cfg.attack, seed=cfg.seed)
+    data_dir = Path(cfg.data.data_root) if cfg.data.data_root else None
+    poisoner = build_poisoner(cfg.attack, data, generator=generator, data_dir=data_dir)
+    ps = poison_dataset(data, poisoner, cfg.attack, seed=cfg.seed, data_dir=data_dir)
     save_poisoned_set(ps, out_dir, {"config": cfg.model_dump(), **provenance()})
     return ps
 
@@ -55,18 +54,13 @@ def load_unlearning_sets(source: str | Path, eval_set: str | Path | None = None,
     source = Path(source)
     if source.is_dir():
         return load_poisoned_set(source)
-    from .data import read_records
+    from .data import labeled_rows, read_flags, read_records
 
     rows = read_records(source, ("text", "label", flag_column))
-    flags = []
-    for r in rows:
-        v = str(r[flag_column]).strip().lower()
-        if v not in ("0", "1", "true", "false"):
-            raise DataError(f"{source}: line {r['_line']}: column '{flag_column}' must be 0/1 or true/false, got {v!r}")
-        flags.append(v in ("1", "true"))
+    flags = read_flags(source, rows, flag_column)
     evs = load_poisoned_set(eval_set) if eval_set else None
     names = evs.label_names if evs else None
-    labelled, names = read_labeled_file(source, label_names=names)
+    labelled, names = labeled_rows(source, rows, label_names=names)
     for r, f in zip(labelled, flags):
         r["poisoned"] = f
     if not any(flags):

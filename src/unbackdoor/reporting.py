@@ -26,6 +26,28 @@ def _columns(rows) -> list[tuple[str, str]]:
         return [COLUMNS[0], ("lfr", "LFR (pooled)"), MACRO_LFR, *COLUMNS[2:]]
     return COLUMNS
 REFERENCES = ("victim", "retrain")  # rows that are not an unlearning method's result
+# The paper's Table 2 blocks, in its order; other datasets follow alphabetically.
+DATASET_ORDER = ["sst2", "hsol", "agnews"]
+DATASET_NAMES = {"sst2": "SST-2", "hsol": "HSOL", "agnews": "AG News"}
+# The paper's poisoning (SPEC §3); a row poisoned otherwise carries its setting in the attack column.
+PAPER_SETTING = "replace 50%"
+
+
+def poisoning_setting(meta: dict) -> str:
+    """"replace 50%", "add 10%, imported train_poisoned.csv", ... from a poisoned set's meta.json."""
+    how = meta.get("poisoning") or {"source": "attack", "mode": meta.get("mode"), "rate": meta.get("rate")}
+    if how.get("mode") is None or how.get("rate") is None:
+        return "unknown"
+    setting = f"{how['mode']} {round(100 * how['rate'], 1):g}%"
+    return setting + (f", imported {Path(how['file']).name}" if how["source"] == "file" else "")
+
+
+def _dataset_rank(dataset: str) -> tuple:
+    return (DATASET_ORDER.index(dataset), "") if dataset in DATASET_ORDER else (len(DATASET_ORDER), dataset)
+
+
+def _attack_cell(r) -> str:
+    return r["attack"] + (f" ({r['setting']})" if r["setting"] != PAPER_SETTING else "")
 
 
 def _mean_std(values):
@@ -51,15 +73,17 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
     from .evaluation import degenerate_reason
     from .verdict import decide
 
-    retrain = {(r["dataset"], r["attack"], r["seed"]): r["metrics"][split] for r in results
+    # Runs poisoned in different settings are different experiments: never averaged or compared together.
+    setting = [poisoning_setting(r.get("poison_meta", {})) for r in results]
+    retrain = {(r["dataset"], r["attack"], st, r["seed"]): r["metrics"][split] for r, st in zip(results, setting)
                if r["method"] == "retrain" and split in r["metrics"]}
-    groups = defaultdict(list)
-    for r in results:
+    groups, objective = defaultdict(list), {}
+    for r, st in zip(results, setting):
         m = r["metrics"].get(split)
         if m is None:
             continue
         m = dict(m)
-        ref = retrain.get((r["dataset"], r["attack"], r["seed"]))
+        ref = retrain.get((r["dataset"], r["attack"], st, r["seed"]))
         usable = ref is not None and not degenerate_reason(ref)
         m["delta_pacc"] = delta_pacc(m, ref) if usable else None
         m["signed_delta_pacc"] = m["pacc"] - ref["pacc"] if usable else None
@@ -70,10 +94,14 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
             meta = r.get("poison_meta", {})
             m["verdict"] = decide(m, ref, meta.get("target", 0), meta.get("label_names") or
                                   [str(i) for i in range(len(m["confusion_triggered"]))]).label
-        groups[(r["dataset"], r["attack"], r["method"])].append(m)
+        key = (r["dataset"], r["attack"], st, r["method"])
+        groups[key].append(m)
+        # A named variant (npo-b1) runs one of the paper's objectives: compared with that objective's numbers.
+        objective[key] = r["method"] if r["method"] in REFERENCES else r.get("config", {}).get("method", r["method"])
     rows = []
-    for (dataset, attack, method), ms in groups.items():
-        row = {"dataset": dataset, "attack": attack, "method": method, "seeds": len(ms)}
+    for (dataset, attack, st, method), ms in groups.items():
+        row = {"dataset": dataset, "attack": attack, "setting": st, "method": method, "seeds": len(ms),
+               "objective": objective[dataset, attack, st, method]}
         for key, _ in [*COLUMNS, MACRO_LFR]:
             row[key], row[key + "_std"] = _mean_std([m.get(key) for m in ms])
         row["classes"] = len(ms[0]["confusion_triggered"])
@@ -81,7 +109,8 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
         row["degenerate"] = next((m["degenerate"] for m in ms if m["degenerate"]), None)
         rows.append(row)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    rows.sort(key=lambda r: (r["dataset"], r["attack"], order.get(r["method"], 99), r["method"]))
+    rows.sort(key=lambda r: (_dataset_rank(r["dataset"]), r["attack"], r["setting"], order.get(r["method"], 99),
+                             r["method"]))
     return rows
 
 
@@ -92,14 +121,14 @@ def _best_delta(rows):
     for r in rows:
         if (r["method"] not in REFERENCES and r["delta_pacc"] is not None and r["verdict"] == "neutralised"
                 and not r["degenerate"]):
-            k = (r["dataset"], r["attack"])
+            k = (r["dataset"], r["attack"], r["setting"])
             best[k] = min(best.get(k, float("inf")), r["delta_pacc"])
     return best
 
 
 def _is_best(row, best) -> bool:
     return row["method"] not in REFERENCES and row["verdict"] == "neutralised" and \
-        row["delta_pacc"] == best.get((row["dataset"], row["attack"]))
+        row["delta_pacc"] == best.get((row["dataset"], row["attack"], row["setting"]))
 
 
 def _fmt(mean, std, seeds, signed=False):
@@ -125,13 +154,30 @@ def _cells(r, best, bold, columns=COLUMNS):
     return cells + [r["verdict"]]
 
 
-def table_markdown(rows) -> str:
-    best, columns = _best_delta(rows), _columns(rows)
-    head = "| dataset | attack | method | " + " | ".join(n for _, n in columns) + " | verdict |"
-    lines = [head, "|" + "---|" * (4 + len(columns))]
+def _blocks(rows) -> list[tuple[str, list[dict]]]:
+    """(dataset, its rows) in the paper's order; rows are already sorted by dataset."""
+    out = []
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['attack']} | {_name(r)} | "
-                     + " | ".join(_cells(r, best, lambda s: f"**{s}**", columns)) + " |")
+        if not out or out[-1][0] != r["dataset"]:
+            out.append((r["dataset"], []))
+        out[-1][1].append(r)
+    return out
+
+
+def table_markdown(rows) -> str:
+    """One table, or with several datasets one block per dataset (each with its own LFR columns)."""
+    best, blocks, lines = _best_delta(rows), _blocks(rows), []
+    for dataset, block in blocks:
+        columns = _columns(block)
+        if len(blocks) > 1:
+            lines += [f"### {DATASET_NAMES.get(dataset, dataset)}", ""]
+        lines += ["| dataset | attack | method | " + " | ".join(n for _, n in columns) + " | verdict |",
+                  "|" + "---|" * (4 + len(columns))]
+        for r in block:
+            lines.append(f"| {r['dataset']} | {_attack_cell(r)} | {_name(r)} | "
+                         + " | ".join(_cells(r, best, lambda s: f"**{s}**", columns)) + " |")
+        lines.append("")
+    lines.pop()
     notes = [f"- {r['dataset']}/{r['attack']}/{_name(r)}: {r['degenerate']}" for r in rows if r["degenerate"]]
     if notes:
         lines += ["", "**Degenerate models** (their numbers mean little; no ΔPACC or verdict against a degenerate "
@@ -142,10 +188,10 @@ def table_markdown(rows) -> str:
 def table_csv(rows) -> str:
     buf = io.StringIO()
     keys = ["dataset", "attack", "method", "seeds"] + [k for c, _ in _columns(rows) for k in (c, c + "_std")] + \
-        ["verdict", "degenerate"]
+        ["verdict", "degenerate", "poisoning"]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({**r, "poisoning": r["setting"]} for r in rows)
     return buf.getvalue()
 
 
@@ -156,7 +202,8 @@ def table_latex(rows) -> str:
                                                        for _, n in columns) + " & Verdict \\\\", "\\midrule"]
     for r in rows:
         cells = [c.replace("±", "$\\pm$").replace("⚠", "") for c in _cells(r, best, lambda s: f"\\textbf{{{s}}}", columns)]
-        out.append(f"{r['dataset']} & {r['attack']} & {_name(r).replace('⚠', '(!)')} & " + " & ".join(cells) + " \\\\")
+        attack = _attack_cell(r).replace("%", "\\%").replace("_", "\\_")
+        out.append(f"{r['dataset']} & {attack} & {_name(r).replace('⚠', '(!)')} & " + " & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
@@ -193,21 +240,36 @@ PAPER_BERT = {
 
 
 def paper_comparison(rows) -> str:
-    """Markdown table of this run's LFR and PACC next to the paper's BERT-base numbers ("" if no cell matches)."""
-    lines = []
-    for r in rows:
-        paper = PAPER_BERT.get((r["dataset"], r["attack"]), {}).get(r["method"])
-        if paper is None or r["pacc"] is None:
-            continue
-        # + 0.0 turns a rounded -0.0 into 0.0, so an exact match prints +0.00, not -0.00.
-        lines.append(f"| {r['dataset']} | {r['attack']} | {METHOD_NAMES.get(r['method'], r['method'])} | "
-                     f"{_fmt(r['lfr'], r['lfr_std'], r['seeds'])} | {paper[0]:.2f} | "
-                     f"{_fmt(r['pacc'], r['pacc_std'], r['seeds'])} | {paper[1]:.2f} | {round(r['pacc'] - paper[1], 2) + 0.0:+.2f} |")
-    if not lines:
+    """The paper's Table 2, one block per dataset: our LFR and PACC next to its BERT-base numbers, then our
+    ΔPACC and verdict ("" if no row has a counterpart in the paper)."""
+    out = []
+    for dataset, block in _blocks(rows):
+        # The paper's LFR for more than two classes is the authors' class mean: show ours both ways beside it.
+        multi = any(r.get("classes", 2) > 2 for r in block)
+        lines = []
+        for r in block:
+            paper = PAPER_BERT.get((dataset, r["attack"]), {}).get(r["objective"])
+            if paper is None or r["pacc"] is None:
+                continue
+            lfr = _fmt(r["lfr"], r["lfr_std"], r["seeds"])
+            if multi:
+                lfr += " | " + _fmt(r["lfr_macro"], r["lfr_macro_std"], r["seeds"])
+            # + 0.0 turns a rounded -0.0 into 0.0, so an exact match prints +0.00, not -0.00.
+            lines.append(f"| {dataset} | {_attack_cell(r)} | {METHOD_NAMES.get(r['method'], r['method'])} | {lfr} | "
+                         f"{paper[0]:.2f} | {_fmt(r['pacc'], r['pacc_std'], r['seeds'])} | {paper[1]:.2f} | "
+                         f"{round(r['pacc'] - paper[1], 2) + 0.0:+.2f} | "
+                         f"{_fmt(r['delta_pacc'], r['delta_pacc_std'], r['seeds'])} | {r['verdict']} |")
+        if lines:
+            head = "LFR (pooled) | LFR (class mean)" if multi else "LFR"
+            out += [f"### {DATASET_NAMES.get(dataset, dataset)}", "",
+                    f"| dataset | attack | method | {head} | paper LFR | PACC | paper PACC | PACC − paper | ΔPACC | verdict |",
+                    "|" + "---|" * (10 + multi), *lines, ""]
+    if not out:
         return ""
     return "\n".join(["## Against the paper (BERT-base, Tables 2 and 3, 3-seed means)", "",
-                      "| dataset | attack | method | LFR | paper LFR | PACC | paper PACC | PACC − paper |",
-                      "|---|---|---|---|---|---|---|---|", *lines]) + "\n"
+                      "A named variant (e.g. npo-b1) stands beside the paper's row of the objective it runs. An attack "
+                      f"followed by a setting in brackets was poisoned otherwise than the paper's {PAPER_SETTING}.", "",
+                      *out])
 
 
 # ---------------------------------------------------------------- figures
@@ -342,24 +404,45 @@ def figure_lambda(result: dict, path: Path):
 
 # ---------------------------------------------------------------- the report
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None, split: str = "test",
-                 log_scale: bool = True, extra_md: str = "", title: str | None = None) -> Path:
+def load_many(results_dirs: list[Path]) -> list[dict]:
+    """The finished stages of several results folders (e.g. one per dataset), each stage taken once."""
+    from .errors import DataError
     from .runner import load_results
 
-    results_dir = Path(results_dir)
-    out = Path(out_dir) if out_dir else results_dir / "report"
-    results = load_results(results_dir)
-    if not results:
-        from .errors import DataError
+    seen, results = {}, []
+    for d in results_dirs:
+        found = load_results(d)
+        if not found:
+            raise DataError(f"{d}: no finished runs (no */*/seed*/*/metrics.json)")
+        for r in found:
+            key = (r["dataset"], r["attack"], r["seed"], r["method"])
+            if key in seen:
+                # Two runs of one stage would count twice in its mean and overwrite each other's figures.
+                raise DataError(f"{key[0]}/{key[1]}/seed{key[2]}/{key[3]} is in two results folders ({seen[key]} and "
+                                f"{r['dir']}); report each stage once")
+            seen[key] = r["dir"]
+        results += found
+    return results
 
-        raise DataError(f"{results_dir}: no finished runs (no */*/seed*/*/metrics.json)")
+
+def write_report(results_dir: str | Path | list, out_dir: str | Path | None = None, split: str = "test",
+                 log_scale: bool = True, extra_md: str = "", title: str | None = None) -> Path:
+    """The report of one results folder, or one report (one Table 2) over several."""
+    from .errors import DataError
+
+    dirs = [Path(d) for d in results_dir] if isinstance(results_dir, (list, tuple)) else [Path(results_dir)]
+    if out_dir is None and len(dirs) > 1:
+        raise DataError("a report over several results folders needs an output folder (--out)")
+    out = Path(out_dir) if out_dir else dirs[0] / "report"
+    results = load_many(dirs)
     rows = summarise(results, split)
     atomic_write_text(out / "table.md", table_markdown(rows))
     atomic_write_text(out / "table.csv", table_csv(rows))
     atomic_write_text(out / "table.tex", table_latex(rows))
-    md = [f"# {title or f'Backdoor unlearning report: `{results_dir}`'}", "",
+    md = [f"# {title or 'Backdoor unlearning report: ' + ', '.join(f'`{d}`' for d in dirs)}", "",
           "Columns (percent, on the test split): **CACC** clean accuracy; **LFR** share of triggered non-target "
-          "samples predicted as the target (lower = backdoor removed); **PACC** accuracy on the triggered test set "
+          "samples predicted as the target (lower = backdoor removed; with more than two classes *pooled* over all "
+          "non-target rows, and the authors' *class mean* over the non-target classes); **PACC** accuracy on the triggered test set "
           "with the trigger in *every* class (true labels); **ΔPACC** |PACC − PACC(ReTrain)| (lower = closer to "
           "a model never poisoned; bold: the smallest among rows whose verdict is *neutralised*); **PACC − ReTrain** "
           "the signed difference (negative: the trigger now costs accuracy that ReTrain keeps); **Shift gap** "
@@ -371,7 +454,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None, spl
     cells = defaultdict(dict)
     for r in results:
         cells[(r["dataset"], r["attack"], r["seed"])][r["method"]] = r
-    for (dataset, attack, seed), cell in sorted(cells.items()):
+    for (dataset, attack, seed), cell in sorted(cells.items(), key=lambda kv: (_dataset_rank(kv[0][0]), *kv[0][1:])):
         fig_dir = out / "figures" / f"{dataset}-{attack}-seed{seed}"
         labels = cell[next(iter(cell))]["poison_meta"]["label_names"]
         md += [f"## {dataset} / {attack} / seed {seed}", ""]

@@ -34,6 +34,7 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
     method_overrides: dict[str, dict] = Field(default_factory=dict, description="per-method unlearn settings, e.g. {ga: {lr: 5e-5}}; an entry with its own 'method' is a named variant, e.g. {npo-b1: {method: npo, npo: {beta: 1.0}}}, run as its own row")
+    attack_overrides: dict[str, dict] = Field(default_factory=dict, description="per-attack poison.attack settings, e.g. {hiddenkiller: {mode: add, rate: 0.1, poisoned_train: rga_reference}} (the authors' AG News setting)")
     detectors: list[str] = Field(default_factory=list, description="also unlearn from each detector's flags (stage <method>-<detector>)")
     detect: DetectConfig = DetectConfig()
     poisoned_fractions: list[float] = Field(default_factory=list, description="also unlearn from a random share of the true D_p (stage <method>-gt<percent>)")
@@ -88,7 +89,7 @@ def _compared(data: dict) -> dict:
         data = json.loads(json.dumps(data.model_dump()))
     except ValueError:
         pass
-    return {k: data.get(k) for k in ("poison", "train", "unlearn", "method_overrides")}
+    return {k: data.get(k) for k in ("poison", "attack_overrides", "train", "unlearn", "method_overrides")}
 
 
 def _stale_stages(cfg: ExperimentConfig, cells: list[Path]) -> list[str]:
@@ -132,6 +133,12 @@ def repair(folder: Path, log=print) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+def _attack_config(cfg: ExperimentConfig, attack: str) -> AttackConfig:
+    # From the fields set, so that an imported poisoned set checks only a rate someone actually gave.
+    data = {**cfg.poison.attack.model_dump(exclude_unset=True), **cfg.attack_overrides.get(attack, {}), "name": attack}
+    return validate(AttackConfig, data, f"poison.attack with attack_overrides.{attack}")
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> list[Path]:
     from .detection import run_detect
     from .pipeline import run_poison, run_train, run_unlearn
@@ -151,6 +158,12 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
     for a in cfg.attacks:
         if a not in ATTACKS:
             raise ConfigError(f"attacks: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
+    for a in cfg.attack_overrides:
+        # Checked against every attack, not this grid's: a preset's override stays valid when a command runs
+        # one attack of it (attacks=[badnets]), while a typo would silently run the paper's setting instead.
+        if a not in ATTACKS:
+            raise ConfigError(f"attack_overrides: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
+        _attack_config(cfg, a)  # a bad field fails now, not after the cells before it have run
     for s in cfg.eval_splits:
         if s not in ("test", "dev"):
             import difflib
@@ -183,7 +196,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                 cell = cell_dir(cfg, folder_of[_dataset_key(dataset)], attack, seed)
                 tag = f"{cell.parents[1].name}/{attack}/seed{seed}"
                 pcfg = PoisonConfig(data=cfg.poison.data.model_copy(update={"dataset": dataset}),
-                                    attack=cfg.poison.attack.model_copy(update={"name": attack}), seed=seed)
+                                    attack=_attack_config(cfg, attack), seed=seed)
                 if not (cell / "poisoned" / "meta.json").is_file():
                     log(f"[{tag}] poisoning")
                     run_poison(pcfg, cell / "poisoned")
