@@ -1,0 +1,92 @@
+"""Collect the RGA-drift grid into curves.csv (one row per cell, variant and evaluated epoch) and
+drift.png (shift gap and PACC - ReTrain against epoch, one panel per attack).
+
+usage: python collect.py RESULTS_DIR OUT_DIR
+The verdict of every epoch comes from unbackdoor.verdict.decide against the cell's ReTrain on the
+same rows (intermediate epochs may be evaluated on a subset; then ReTrain's matrices are not the same
+rows, and the verdict column says "n/a").
+"""
+
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from unbackdoor.runner import load_results
+from unbackdoor.verdict import decide
+
+
+def epoch_means(loss_log: Path) -> dict[int, dict]:
+    """Per-epoch means of the logged step values (lambda, KL, CE on D_p and D_c, L2)."""
+    sums = defaultdict(lambda: defaultdict(float))
+    counts = defaultdict(int)
+    if loss_log.is_file():
+        for line in loss_log.read_text().splitlines():
+            d = json.loads(line)
+            counts[d["epoch"]] += 1
+            for k in ("lambda", "kl", "ce_p", "ce_c", "l2"):
+                if k in d:
+                    sums[d["epoch"]][k] += d[k]
+    return {e: {k: v / counts[e] for k, v in s.items()} for e, s in sums.items()}
+
+
+def main(results: Path, out: Path) -> int:
+    rows = []
+    stages = load_results(results)
+    retrain = {(r["attack"], r["seed"]): r for r in stages if r["method"] == "retrain"}
+    for r in stages:
+        if r["method"] in ("retrain", "victim") or (r["attack"], r["seed"]) not in retrain:
+            continue
+        ref = retrain[(r["attack"], r["seed"])]["metrics"]["test"]
+        meta = r["poison_meta"]
+        means = epoch_means(r["dir"] / "loss_log.jsonl")
+        for point in r["curve"]:
+            m = point["test"]
+            same_rows = m["n_triggered"] == ref["n_triggered"]
+            v = decide(m, ref, meta["target"], meta["label_names"]).label if same_rows else "n/a"
+            logged = means.get(point["epoch"], {})
+            rows.append({"attack": r["attack"], "seed": r["seed"], "method": r["method"], "epoch": point["epoch"],
+                         "n_triggered": m["n_triggered"], "cacc": m["cacc"], "lfr": m["lfr"], "pacc": m["pacc"],
+                         "pacc_minus_retrain": m["pacc"] - ref["pacc"], "shift_gap": m["target_shift_gap"],
+                         "verdict": v, **{k: logged.get(k, "") for k in ("lambda", "kl", "ce_p", "ce_c", "l2")}})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "curves.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for d in rows:
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in d.items()})
+    plot(rows, out / "drift.png")
+    return 0
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = sorted({r["attack"] for r in rows})
+    fig, axes = plt.subplots(2, len(attacks), figsize=(5 * len(attacks), 7), squeeze=False, sharex=True)
+    for j, attack in enumerate(attacks):
+        for method in sorted({r["method"] for r in rows if r["attack"] == attack}):
+            for seed in sorted({r["seed"] for r in rows}):
+                pts = [r for r in rows if r["attack"] == attack and r["method"] == method and r["seed"] == seed]
+                if not pts:
+                    continue
+                style = dict(label=f"{method} s{seed}", marker="o", ms=3, ls="-" if seed == min(r["seed"] for r in rows) else "--")
+                axes[0][j].plot([p["epoch"] for p in pts], [p["shift_gap"] for p in pts], **style)
+                axes[1][j].plot([p["epoch"] for p in pts], [p["pacc_minus_retrain"] for p in pts], **style)
+        axes[0][j].set_title(attack)
+        axes[0][j].axhline(10, color="grey", lw=0.8, ls=":")
+        axes[0][j].set_ylabel("shift gap (points)")
+        axes[1][j].axhspan(-3, 3, color="grey", alpha=0.15)
+        axes[1][j].set_ylabel("PACC − ReTrain")
+        axes[1][j].set_xlabel("unlearning epoch")
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
