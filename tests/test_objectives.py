@@ -270,3 +270,35 @@ def test_lambda_floor_of_the_papers_kl_and_its_removal():
     a, _ = rga_lambda(far, ref, 2.0, direction="poisoned_current")
     b, _ = rga_lambda(far, ref, 2.0, direction="poisoned_current", floor="remove")
     assert a.item() == b.item() < 1e-10
+
+
+def test_separate_ascent_step_is_scaled_by_lambda_where_adam_would_cancel_it():
+    """A weight that only D_p's gradient reaches: under the joint loss, AdamW's first step moves it by lr
+    whatever lambda is; with ascent_step=separate it moves by lambda * lr (and away from the poisoned label)."""
+    from unbackdoor.config import RGAConfig
+
+    m = TinyClassifier(k=2)
+    bp = batch(label=1)
+    with torch.no_grad():
+        ref = m(bp["input_ids"]).logits + torch.tensor([[3.0, -3.0]])  # f_theta far from f_p: lambda small
+    cfg = UnlearnConfig(method="rga", lr=1e-2, scheduler="constant",
+                        rga=RGAConfig(beta=0.0, ascent_step="separate"))
+    obj = RGA(cfg)
+    obj.set_reference(ref)
+    obj.setup(m)
+    before = m.classifier.bias.detach().clone()
+    logs = {}
+    logits = m(bp["input_ids"]).logits
+    ce_each = F.cross_entropy(logits, bp["labels"], reduction="none")
+    out = obj.forget(logits, ce_each, bp, logs)
+    moved = m.classifier.bias.detach() - before
+    lam = logs["lambda"]
+    assert out == 0.0 and 1e-4 < lam < 0.1
+    assert torch.allclose(moved.abs(), torch.full_like(moved, 1e-2 * lam), rtol=1e-3)
+    assert moved[1] < 0 < moved[0]  # the poisoned label's logit goes down: ascent on CE(D_p)
+    with pytest.raises(ConfigError, match="scheduler=constant"):
+        bad = RGA(UnlearnConfig(method="rga", scheduler="linear", rga=RGAConfig(beta=0.0, ascent_step="separate")))
+        bad.set_reference(ref)
+        bad.setup(m)
+        lg = m(bp["input_ids"]).logits
+        bad.forget(lg, F.cross_entropy(lg, bp["labels"], reduction="none"), bp, {})

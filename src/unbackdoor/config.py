@@ -92,6 +92,10 @@ class RGAConfig(Strict):
         "current_poisoned", description="KL(f_theta || f_p) (paper) or KL(f_p || f_theta) (authors' code)")
     lambda_mode: Literal["batch", "sample"] = Field("batch", description="one lambda per batch from the mean KL, or one per sample")
     l2: Literal["global", "per_tensor"] = Field("global", description="one L2 norm over all parameters (paper) or a sum of per-tensor norms (authors' code)")
+    ascent_step: Literal["joint", "separate"] = Field(
+        "joint", description="joint: -lambda*CE(D_p) is part of the one loss AdamW steps on (paper); separate: the ascent has "
+        "its own Adam moments and lambda scales its step, not its gradient (AdamW's per-coordinate normalisation "
+        "otherwise undoes lambda on weights only D_p uses, e.g. a rare trigger word's embedding)")
     lambda_floor: Literal["keep", "remove"] = Field(
         "keep", description="keep: lambda = exp(-alpha*KL) (paper); remove: rescale so lambda reaches 0 where KL(f_theta||f_p) "
         "reaches its maximum, log(1/min_c f_p(c|x)) (otherwise lambda never falls below min_c f_p(c|x)^alpha)")

@@ -235,12 +235,18 @@ class RGA(Unlearning):
         self.base_params = base_params
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.lora = []
+        self._moments: dict = {}
+        self._ascent_steps = 0
 
     def setup(self, model, accelerator=None):
         super().setup(model, accelerator)
         from .models import is_peft, lora_layers
 
         self.lora = lora_layers(model) if is_peft(model) else []
+        self._model = model
+        if self.cfg.rga.ascent_step == "separate" and accelerator is not None and accelerator.num_processes > 1:
+            # Its gradients are taken outside the loop's backward, so DDP would not average them.
+            raise ConfigError("rga.ascent_step=separate runs on one process only")
         if self.cfg.rga.beta > 0 and not self.lora:
             if not self.base_params:
                 raise BaseModelError(f"rga: theta_base is needed for the L2 term (rga.beta={self.cfg.rga.beta}); "
@@ -252,7 +258,40 @@ class RGA(Unlearning):
         r = self.cfg.rga
         lam, kl = rga_lambda(logits, self.reference(batch), r.alpha, r.kl_direction, r.lambda_mode, r.lambda_floor)
         logs.update({"lambda": lam.mean().item(), "kl": kl.mean().item()})
+        if r.ascent_step == "separate":
+            self._ascend(ce_each, lam)
+            return 0.0
         return -(lam * ce_each.mean()) if r.lambda_mode == "batch" else -(lam * ce_each).mean()
+
+    def _ascend(self, ce_each, lam) -> None:
+        """theta += lr * mean(lambda) * Adam-normalised grad of the lambda-weighted CE(D_p), with moments of
+        its own: lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
+        if self.cfg.scheduler != "constant":
+            raise ConfigError("rga.ascent_step=separate steps the ascent at unlearn.lr itself; it needs scheduler=constant")
+        scale = lam.mean()
+        weights = (lam / lam.sum()).expand_as(ce_each) if lam.dim() else torch.full_like(ce_each, 1 / len(ce_each))
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad((weights * ce_each).sum(), params, allow_unused=True)
+        b1, b2, eps = 0.9, 0.999, 1e-8  # torch's AdamW defaults, as the descent's optimiser
+        self._ascent_steps += 1
+        t = self._ascent_steps
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                if g is None:
+                    continue
+                m, v = self._moments.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p)))
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+                p.add_(step, alpha=self.cfg.lr * scale.item())
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.cfg.rga.ascent_step == "separate":
+            # The ascent's own moments are not in accelerate's checkpoint: say so rather than resume silently.
+            import warnings
+
+            warnings.warn("rga.ascent_step=separate: resumed run restarts the ascent's Adam moments from zero")
 
     def regulariser(self, logs):
         r = self.cfg.rga
