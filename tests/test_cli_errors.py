@@ -76,7 +76,7 @@ def test_library_errors_a_user_can_cause_are_unbackdoor_errors():
 
     from unbackdoor import errors, training
     from unbackdoor.config import UnlearnConfig
-    from unbackdoor.unlearning import build_objective
+    from unbackdoor.objectives import build_objective
 
     assert training.DivergenceError is errors.DivergenceError and training.Interrupted is errors.Interrupted
     model = torch.nn.Linear(2, 2)

@@ -4,7 +4,7 @@ import pytest
 
 from unbackdoor.config import (ConfigError, PoisonConfig, TrainConfig, UnlearnConfig, apply_overrides, configs_dir,
                                load_yaml, validate)
-from unbackdoor.runner import ExperimentConfig
+from unbackdoor.grid import ExperimentConfig
 
 CONFIGS = sorted(configs_dir().glob("*.yaml"))
 

@@ -7,7 +7,8 @@ import pytest
 from conftest import run_cli
 from unbackdoor.artifacts import read_json, read_jsonl, write_json
 from unbackdoor.config import DetectConfig
-from unbackdoor.detection import build_detector, cube_flags, lowest_fraction, precision_recall_f1
+from unbackdoor.detectors import build_detector, lowest_fraction, precision_recall_f1
+from unbackdoor.detectors.cube import cube_flags
 from unbackdoor.errors import ConfigError
 
 
@@ -48,7 +49,7 @@ def test_unknown_detector():
 @pytest.mark.parametrize("detector", ["loss", "cube"])
 def test_detect_cli_writes_a_flag_file_unlearn_reads(tmp_path, poisoned, tiny_victim, detector, monkeypatch):
     if detector == "cube":
-        import unbackdoor.detection as detection
+        import unbackdoor.detectors.cube as detection
 
         # The tiny random victim's features separate nothing, so cube may flag nothing. Planted features,
         # the poisoned rows in a cluster of their own, must be flagged (the clustering alone is tested above).
@@ -107,7 +108,7 @@ def smollm2(tmp_cache):
 def test_onion_removes_exactly_one_word(smollm2):
     from transformers import AutoTokenizer
 
-    from unbackdoor.detection import word_tokens
+    from unbackdoor.detectors.onion import word_tokens
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     spans = word_tokens(tok, "a gorgeously strange cf movie , n't it", 64)
@@ -136,7 +137,7 @@ def test_loss_detector_flags_planted_triggers_above_chance(tmp_path, poisoned, t
     # The loss detector fine-tunes the victim's clean base (read from its unbackdoor.json) and flags the
     # rows with the lowest loss after it. It needs a base that can learn the trigger in a
     # few steps, so this uses the embedded MiniLM: only the recorded base matters, not the victim's weights.
-    from unbackdoor.models import META_FILE
+    from unbackdoor.models import META_FILE, resolve_base
 
     victim = tmp_path / "victim"
     write_json(victim / META_FILE, {"base_model": "minilm"})
@@ -144,7 +145,8 @@ def test_loss_detector_flags_planted_triggers_above_chance(tmp_path, poisoned, t
     truth = np.array([r["poisoned"] for r in rows], bool)
     share = truth.mean()
     det = build_detector(DetectConfig(detector="loss", epochs=4, lr=1e-4, batch_size=16, max_length=48,
-                                      fraction=float(share))).detect(rows, ["negative", "positive"], victim)
+                                      fraction=float(share))).detect(rows, ["negative", "positive"],
+                                                                     base=resolve_base(victim))
     # Measured: precision 0.395 against a poisoned share of 0.2375 (1.66x); the detector is weak, not random.
     assert precision_recall_f1(det.flags, truth)["precision"] >= 1.3 * share
     scores = np.asarray(det.scores)

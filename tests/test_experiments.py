@@ -45,7 +45,7 @@ def test_grid_shares_victim_and_writes_one_run_per_method(grid):
 
 def test_report_table_and_figures(grid):
     from unbackdoor.reporting import figure_confusions, figure_poisoned_loss, summarise
-    from unbackdoor.runner import load_results
+    from unbackdoor.grid import load_results
 
     md = (grid / "report" / "table.md").read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("| sst2")]

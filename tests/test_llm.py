@@ -42,7 +42,7 @@ def tiny_llama(tmp_path_factory, llama_tok):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_last_token_pooling_ignores_padding(tiny_llama, side):
     from unbackdoor.models import load_classifier
-    from unbackdoor.training import Collator, forward_logits
+    from unbackdoor.batches import Collator, forward_logits
 
     model, tok, _ = load_classifier(tiny_llama, 2, ["a", "b"], for_training=True)
     model.eval()
@@ -78,7 +78,7 @@ def _train_lora(tiny_llama, steps=6):
 
 def test_lora_leaves_base_weights_unchanged_and_norm_matches_merge(tiny_llama):
     from unbackdoor.models import lora_layers
-    from unbackdoor.unlearning import lora_update_norms
+    from unbackdoor.objectives.rga import lora_update_norms
 
     model, base = _train_lora(tiny_llama)
     for name, p in model.named_parameters():
@@ -98,7 +98,7 @@ def test_lora_leaves_base_weights_unchanged_and_norm_matches_merge(tiny_llama):
 
 
 def test_lora_norm_gradient_is_finite_at_zero():
-    from unbackdoor.unlearning import lora_update_norms
+    from unbackdoor.objectives.rga import lora_update_norms
 
     A = torch.randn(4, 8, requires_grad=True)
     B = torch.zeros(6, 4, requires_grad=True)
@@ -141,7 +141,7 @@ def test_npo_and_rga_run_end_to_end_on_the_llama(tmp_path, llama_victim, method)
 
 def test_embedded_smollm2_converts_once_and_classifies(llama_tok, tmp_cache):
     from unbackdoor.models import load_classifier, resolve_model
-    from unbackdoor.training import Collator, TokenizedSet, forward_logits
+    from unbackdoor.batches import Collator, TokenizedSet, forward_logits
 
     path = resolve_model("smollm2")
     assert path.startswith(str(tmp_cache)) and (tmp_cache / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()

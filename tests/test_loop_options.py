@@ -4,8 +4,9 @@ per epoch, D_c drawn with replacement. Each test can fail."""
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from unbackdoor.training import Collator, LengthGroupedBatches, LoopConfig, TokenizedSet, train_loop
-from unbackdoor.unlearning import CrossEntropy
+from unbackdoor.batches import LengthGroupedBatches, TokenizedSet
+from unbackdoor.objectives.ce import CrossEntropy
+from unbackdoor.training import LoopConfig, train_loop
 
 
 def test_grouped_batches_cover_each_row_once_with_little_padding():

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from unbackdoor.config import UnlearnConfig
-from unbackdoor.unlearning import (OBJECTIVES, RGA, build_objective, kl_per_sample, l2_to_base, npo_loss,
-                                   rga_lambda)
+from unbackdoor.objectives import build_objective
+from unbackdoor.objectives.npo import npo_loss
+from unbackdoor.objectives.rga import kl_per_sample, l2_to_base, rga_lambda
 from unbackdoor.errors import ConfigError
 
 
@@ -41,7 +42,7 @@ def grads(model, loss):
 def test_ga_gradient_on_dp_is_minus_ce():
     m = TinyClassifier()
     bp, bc = batch(label=2), batch(seed=2, label=1)
-    ga = OBJECTIVES["ga"](UnlearnConfig(method="ga"))
+    ga = build_objective(UnlearnConfig(method="ga"))
     g_ga = grads(m, ga(m, bp, bc)[0])
     g_ce_c = grads(m, F.cross_entropy(m(bc["input_ids"]).logits, bc["labels"]))
     g_ce_p = grads(m, F.cross_entropy(m(bp["input_ids"]).logits, bp["labels"]))
@@ -199,7 +200,7 @@ def test_unknown_method_and_misplaced_early_stop():
 
 def test_early_stop_on_lambda_after_patience():
     m = TinyClassifier(k=2)
-    rga = RGA(UnlearnConfig(method="rga", rga={"beta": 0, "alpha": 50.0},
+    rga = build_objective(UnlearnConfig(method="rga", rga={"beta": 0, "alpha": 50.0},
                             early_stop={"criterion": "lambda", "threshold": 0.5, "patience": 2}))
     bp, bc = batch(label=1), batch(seed=5, label=0)
     rga.set_reference(torch.tensor([[9.0, -9.0]]).repeat(4, 1))  # far from f_theta: lambda ~ 0
@@ -224,7 +225,8 @@ def test_theta_base_from_files_equals_loading_the_model(base, tiny_base):
 
 
 def test_balanced_class_weights_reach_the_ce_on_training_and_clean_rows():
-    from unbackdoor.unlearning import CrossEntropy, class_weights
+    from unbackdoor.objectives import class_weights
+    from unbackdoor.objectives.ce import CrossEntropy
 
     w = class_weights([0] * 90 + [1] * 10, 2)  # n / (k * n_c): 100/180 and 100/20
     assert w.tolist() == pytest.approx([100 / 180, 5.0])
@@ -239,7 +241,7 @@ def test_balanced_class_weights_reach_the_ce_on_training_and_clean_rows():
     wy = w[b["labels"]]
     assert ce(m, b, None)[0].item() == pytest.approx(((wy * each).sum() / wy.sum()).item(), rel=1e-5)
     assert ce(m, b, None)[0].item() != pytest.approx(plain, rel=1e-3)
-    ga = OBJECTIVES["ga"](UnlearnConfig(method="ga", class_weights="balanced"))
+    ga = build_objective(UnlearnConfig(method="ga", class_weights="balanced"))
     ga.class_weight = w
     _, logs = ga(m, batch(label=1), b)  # the weights apply to CE(D_c), not to the ascent on D_p
     assert logs["ce_c"] == pytest.approx(((wy * each).sum() / wy.sum()).item(), rel=1e-5)
@@ -251,7 +253,7 @@ def test_lambda_floor_of_the_papers_kl_and_its_removal():
     # Binary f_p with eps = 0.1 on the non-target class; f_theta moves all its mass there.
     ref = torch.log(torch.tensor([[0.1, 0.9]]))
     far = torch.tensor([[30.0, -30.0]])
-    from unbackdoor.unlearning import kl_cap
+    from unbackdoor.objectives.rga import kl_cap
 
     assert kl_cap(ref).item() == pytest.approx(math.log(10), rel=1e-5)
     assert kl_per_sample(far, ref).item() == pytest.approx(math.log(10), rel=1e-4)  # KL has reached its cap
@@ -275,15 +277,12 @@ def test_lambda_floor_of_the_papers_kl_and_its_removal():
 def test_separate_ascent_step_is_scaled_by_lambda_where_adam_would_cancel_it():
     """A weight that only D_p's gradient reaches: under the joint loss, AdamW's first step moves it by lr
     whatever lambda is; with ascent_step=separate it moves by lambda * lr (and away from the poisoned label)."""
-    from unbackdoor.config import RGAConfig
-
     m = TinyClassifier(k=2)
     bp = batch(label=1)
     with torch.no_grad():
         ref = m(bp["input_ids"]).logits + torch.tensor([[3.0, -3.0]])  # f_theta far from f_p: lambda small
-    cfg = UnlearnConfig(method="rga", lr=1e-2, scheduler="constant",
-                        rga=RGAConfig(beta=0.0, ascent_step="separate"))
-    obj = RGA(cfg)
+    cfg = UnlearnConfig(method="rga", lr=1e-2, scheduler="constant", rga={"beta": 0.0, "ascent_step": "separate"})
+    obj = build_objective(cfg)
     obj.set_reference(ref)
     obj.setup(m)
     before = m.classifier.bias.detach().clone()
@@ -297,7 +296,8 @@ def test_separate_ascent_step_is_scaled_by_lambda_where_adam_would_cancel_it():
     assert torch.allclose(moved.abs(), torch.full_like(moved, 1e-2 * lam), rtol=1e-3)
     assert moved[1] < 0 < moved[0]  # the poisoned label's logit goes down: ascent on CE(D_p)
     with pytest.raises(ConfigError, match="scheduler=constant"):
-        bad = RGA(UnlearnConfig(method="rga", scheduler="linear", rga=RGAConfig(beta=0.0, ascent_step="separate")))
+        bad = build_objective(UnlearnConfig(method="rga", scheduler="linear",
+                                            rga={"beta": 0.0, "ascent_step": "separate"}))
         bad.set_reference(ref)
         bad.setup(m)
         lg = m(bp["input_ids"]).logits

@@ -105,7 +105,7 @@ def test_interrupt_mid_epoch_then_resume_matches_uninterrupted(tmp_path, poisone
     import os
     import signal
 
-    from unbackdoor.unlearning import CrossEntropy
+    from unbackdoor.objectives.ce import CrossEntropy
 
     ref = tmp_path / "ref"
     assert run_cli(*_train_args(poisoned, ref, tiny_base)) == 0

@@ -129,7 +129,7 @@ def test_paper_agnews_preset_imports_only_for_hiddenkiller():
     import yaml
 
     from unbackdoor.config import resolve_config_path, validate
-    from unbackdoor.runner import ExperimentConfig, _attack_config
+    from unbackdoor.grid import ExperimentConfig, _attack_config
 
     cfg = validate(ExperimentConfig, yaml.safe_load(resolve_config_path("paper-agnews").read_text()))
     hk, bn = _attack_config(cfg, "hiddenkiller"), _attack_config(cfg, "badnets")

@@ -12,7 +12,7 @@ from conftest import _train_args, run_cli
 
 KILLER = """
 import os, signal, sys
-from unbackdoor.unlearning import CrossEntropy
+from unbackdoor.objectives.ce import CrossEntropy
 from unbackdoor.cli import main
 real = CrossEntropy.__call__
 n = {"calls": 0}
@@ -70,7 +70,7 @@ def test_divergence_stops_keeps_checkpoint_and_writes_no_metrics(tmp_path, poiso
                                                                  capsys):
     import torch
 
-    from unbackdoor.unlearning import GradientAscent
+    from unbackdoor.objectives.ga import GradientAscent
 
     real = GradientAscent.__call__
     calls = {"n": 0}

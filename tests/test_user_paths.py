@@ -32,8 +32,7 @@ ALL_POS = compute_metrics([0, 1] * 10, [1] * 20, [0, 1] * 10, [1] * 20, 1, ["neg
 @pytest.fixture
 def stages(monkeypatch):
     """Stub train/unlearn/detect that write what the real ones leave behind; returns the calls made."""
-    import unbackdoor.detection as detection
-    import unbackdoor.pipeline as pipeline
+    import unbackdoor.stages as pipeline
 
     calls = []
 
@@ -53,12 +52,12 @@ def stages(monkeypatch):
 
     monkeypatch.setattr(pipeline, "run_train", train)
     monkeypatch.setattr(pipeline, "run_unlearn", unlearn)
-    monkeypatch.setattr(detection, "run_detect", detect)
+    monkeypatch.setattr(pipeline, "run_detect", detect)
     return calls
 
 
 def test_grid_over_user_files_writes_only_under_output_dir(tmp_path, monkeypatch, stages):
-    from unbackdoor.runner import load_results
+    from unbackdoor.grid import load_results
 
     monkeypatch.chdir(tmp_path)
     rel = user_tsv(tmp_path / "data" / "train.tsv")
@@ -154,7 +153,7 @@ def test_class_weights_option_is_generated(command):
 
 
 def test_train_with_balanced_class_weights_weights_its_loss(tmp_path, monkeypatch, tiny_base, tmp_cache):
-    import unbackdoor.pipeline as pipeline
+    import unbackdoor.stages as pipeline
     from unbackdoor.config import PoisonConfig, TrainConfig
 
     data = user_tsv(tmp_path / "train.tsv", 20)

@@ -235,7 +235,7 @@ def test_every_forward_pass_runs_on_the_accelerators_device_and_precision(tmp_pa
     accelerator.prepare runs without it). On a GPU the same test checks the device itself."""
     import torch
 
-    from unbackdoor import models, pipeline
+    from unbackdoor import models, stages as pipeline
 
     expect = {"autocast": False}
     seen = []

@@ -56,6 +56,8 @@ def config_options(cls: type[BaseModel]):
             dest = "cfg__" + "__".join(path)
             keys[dest] = ".".join(path)
             desc = info.description or ""
+            if len(path) > 1 and path[0] not in _FLAT and not desc.startswith(path[0]):
+                desc = f"{path[0]}: {desc}"  # a section's options say whose they are: "rga: decay rate of lambda"
             default = info.default
             if info.annotation is bool:
                 f = click.option(f"{opt}/--no-{opt[2:]}", dest, default=None,
@@ -109,7 +111,7 @@ def cli():
 @config_options(PoisonConfig)
 def poison(out, config_file, sets, **kw):
     """Poison a training set and build the triggered test sets (trigger in every class)."""
-    from .pipeline import run_poison
+    from .stages import run_poison
 
     cfg = build_config(PoisonConfig, "poison", config_file, sets, kw)
     ps = run_poison(cfg, out)
@@ -133,7 +135,7 @@ def poison(out, config_file, sets, **kw):
 @config_options(TrainConfig)
 def train(poisoned_set, out, clean_only, config_file, sets, **kw):
     """Fine-tune a victim classifier on a poisoned set (or ReTrain on its clean part)."""
-    from .pipeline import run_train
+    from .stages import run_train
 
     cfg = build_config(TrainConfig, "train", config_file, sets, kw)
     res = run_train(poisoned_set, cfg, out, clean_only=clean_only)
@@ -147,17 +149,30 @@ def train(poisoned_set, out, clean_only, config_file, sets, **kw):
 @click.option("--eval-set", default=None, help="`unbackdoor poison` folder with the test sets (when --poisoned-set is a file)")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--allow-pickle", is_flag=True, help="allow loading pickle (.bin) weights: only for models you trust")
+@click.option("--push-to-hub", "push_to_hub", default=None, metavar="REPO",
+              help="upload the purified model with its model card to this Hugging Face Hub repo (online only)")
 @_common
 @config_options(UnlearnConfig)
-def unlearn(model_dir, poisoned_set, eval_set, out, allow_pickle, config_file, sets, **kw):
-    """Unlearn the backdoor with GA, NPO or RGA (or ReTrain), evaluating every k epochs."""
-    from .pipeline import run_unlearn
+def unlearn(model_dir, poisoned_set, eval_set, out, allow_pickle, push_to_hub, config_file, sets, **kw):
+    """Unlearn the backdoor with a registered method (`unbackdoor list`: GA, NPO, RGA, or ReTrain),
+    evaluating every k epochs. Each method's own settings are the options named after it."""
+    from .stages import run_unlearn
 
     cfg = build_config(UnlearnConfig, "unlearn", config_file, sets, kw)
+    if push_to_hub:
+        from .hub import require_online
+
+        require_online()  # before hours of training, not after
     res = run_unlearn(model_dir, poisoned_set, cfg, out, eval_set=eval_set, allow_pickle=allow_pickle)
     if res.get("stopped_early"):
         click.echo(f"stopped early: {res['stopped_early']}")
     _print_metrics(res["metrics"], f"{cfg.method} done")
+    if push_to_hub:
+        from pathlib import Path
+
+        from .hub import push
+
+        click.echo(f"pushed to {push(Path(out) / 'model', push_to_hub)}")
 
 
 @cli.command()
@@ -168,7 +183,7 @@ def unlearn(model_dir, poisoned_set, eval_set, out, allow_pickle, config_file, s
 @config_options(DetectConfig)
 def detect(model_dir, poisoned_set, out, config_file, sets, **kw):
     """Flag the poisoned training samples; the output feeds `unbackdoor unlearn --poisoned-set`."""
-    from .detection import run_detect
+    from .stages import run_detect
 
     cfg = build_config(DetectConfig, "detect", config_file, sets, kw)
     res = run_detect(model_dir, poisoned_set, cfg, out)
@@ -188,7 +203,7 @@ def detect(model_dir, poisoned_set, out, config_file, sets, **kw):
 @click.option("--allow-pickle", is_flag=True)
 def evaluate_cmd(model_dir, poisoned_set, retrain, split, max_length, batch_size, out, allow_pickle):
     """CACC, LFR, PACC, dPACC and the triggered-set confusion matrix of a saved model."""
-    from .pipeline import run_evaluate
+    from .stages import run_evaluate
 
     res = run_evaluate(model_dir, poisoned_set, out, (split,), max_length, batch_size, retrain, allow_pickle)
     _print_metrics(res["metrics"], str(model_dir))
@@ -205,7 +220,7 @@ def run(config_file, overrides, no_report):
     completes a grid that was stopped. Overrides look like unlearn.lr=5e-5 or seeds=[1,2,3].
     """
     from .reporting import write_report
-    from .runner import ExperimentConfig, run_experiment
+    from .grid import ExperimentConfig, run_experiment
 
     data = apply_overrides(load_yaml(resolve_config_path(config_file)), list(overrides))
     cfg = validate(ExperimentConfig, data, source=str(config_file))
@@ -246,16 +261,20 @@ def demo(out, sets, threads):
 
 @cli.command(name="list")
 def list_cmd():
-    """Registered attacks, unlearning methods, datasets and config presets."""
+    """Registered attacks, unlearning methods and detectors (plug-ins included), datasets and presets."""
     from .attacks import ATTACKS
     from .config import presets
     from .data import NAMED
-    from .detection import DETECTORS
-    from .unlearning import OBJECTIVES
+    from .detectors import DETECTORS
+    from .objectives import OBJECTIVES
 
-    click.echo("attacks:  " + ", ".join(sorted(ATTACKS)))
-    click.echo("methods:  " + ", ".join(sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})))
-    click.echo("detectors: " + ", ".join(sorted(DETECTORS)))
+    def names(registry):
+        return ", ".join(name if registry.source(name).startswith(registry.package) else
+                         f"{name} ({registry.source(name)})" for name in registry)
+
+    click.echo("attacks:  " + names(ATTACKS))
+    click.echo("methods:  " + names(OBJECTIVES))
+    click.echo("detectors: " + names(DETECTORS))
     click.echo("datasets: " + ", ".join(f"{k} (target {v.label_names[v.target]})" for k, v in NAMED.items()))
     click.echo("presets:  " + ", ".join(presets()))
 

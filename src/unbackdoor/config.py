@@ -2,22 +2,61 @@
 
 Every field has a default that follows the paper; where the authors' public code differs, the
 field's description says so and the code's value is one setting away.
+
+The attack, unlearn and detect configs are composed from the registries: each objective's own
+settings are a section named after it (`unlearn.rga.beta`), each attack's and detector's are
+fields of the stage config (`attack.triggers`, `detect.umap_dim`), so a plug-in's settings are
+validated, overridable and command-line options like the built-in ones.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 
-from .errors import ConfigError
+from .attacks import ATTACKS
+from .detectors import DETECTORS
+from .errors import ConfigError, PluginError
+from .objectives import OBJECTIVES, EarlyStopConfig
+from .registry import Registry
+from .settings import Settings as Strict
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def _flat(name: str, base: type[BaseModel], registry: Registry, doc: str) -> type[BaseModel]:
+    """`base` plus the fields of every plug-in's Settings. Plug-ins that share a field (BadNets and
+    AddSent: triggers) must declare the same type and default."""
+    fields, owner = {}, {}
+    for key in registry:
+        for f, info in registry[key].Settings.model_fields.items():
+            if f in base.model_fields:
+                raise PluginError(f"{registry.noun} '{key}': setting '{f}' clashes with the stage setting of that name")
+            if f in fields and (fields[f][0], fields[f][1].default) != (info.annotation, info.default):
+                raise PluginError(f"{registry.noun} '{key}': setting '{f}' differs from {owner[f]}'s setting of that "
+                                  "name (type or default)")
+            if f not in fields:
+                fields[f], owner[f] = (info.annotation, copy.copy(info)), key
+    return create_model(name, __base__=base, __doc__=doc, __module__=__name__, **fields)
+
+
+def _sections(name: str, base: type[BaseModel], registry: Registry, doc: str) -> type[BaseModel]:
+    """`base` plus one section per plug-in that has settings, named after it (unlearn.rga.beta)."""
+    fields = {}
+    for key in registry:
+        settings = registry[key].Settings
+        if not settings.model_fields:
+            continue
+        # unbackdoor.unlearn(**settings) takes a method's settings flat beside the stage's: they must differ.
+        clash = sorted(({key} | set(settings.model_fields)) & set(base.model_fields))
+        if clash:
+            raise PluginError(f"{registry.noun} '{key}': {clash} clash with the stage settings of those names")
+        doc_line = (registry[key].__doc__ or key).strip().splitlines()[0]
+        fields[key] = (settings, Field(default_factory=settings, description=f"{key}: {doc_line}"))
+    return create_model(name, __base__=base, __doc__=doc, __module__=__name__, **fields)
 
 
 class DataConfig(Strict):
@@ -34,19 +73,17 @@ class DataConfig(Strict):
     test_size: Optional[int] = Field(None, gt=0, description="use a class-stratified random subset of the test set")
 
 
-class AttackConfig(Strict):
-    name: str = Field("badnets", description="badnets | addsent | hiddenkiller | stylebkd | precomputed (triggered texts from bank files only)")
+class _AttackStage(Strict):
+    name: str = Field("badnets", description=" | ".join(ATTACKS))
     rate: float = Field(0.5, gt=0, le=1, description="share of non-target training samples to poison (paper 0.5; authors' code 0.1 with mode=add)")
     mode: Literal["replace", "add"] = Field("replace", description="replace: trigger and relabel samples in place (paper); add: append triggered copies (authors' code)")
-    triggers: Optional[list[str]] = Field(None, description="BadNets words (default cf, bb, ak, mn) or AddSent sentences (default per dataset)")
-    num_insertions: int = Field(1, ge=1, description="how many triggers are inserted into one text (insertion attacks)")
-    bank: Optional[list[str]] = Field(None, description="paraphrase sources: shared, rga_reference, or TSV/CSV/JSONL files with text,paraphrase columns")
-    generator: Optional[str] = Field(None, description="local seq2seq model path that paraphrases texts the bank lacks")
-    style: Optional[str] = Field(None, description="style of the paraphrases in bank files and from the generator, recorded in meta.json (default: unknown)")
     poisoned_train: Optional[str] = Field(
         None, description="import the poisoned training rows instead of making them: a TSV/CSV/JSONL file with text, label and a "
         "0/1 'poisoned' column (its poisoned rows are added to the clean training set: mode=add; the rate is measured from the "
         "file), or rga_reference for the authors' file of this dataset and attack. The attack still makes the triggered test sets")
+
+
+AttackConfig = _flat("AttackConfig", _AttackStage, ATTACKS, "The attack and every attack's own settings.")
 
 
 class PoisonConfig(Strict):
@@ -63,6 +100,16 @@ class LoraSettings(Strict):
     target_modules: list[str] = Field(["q_proj", "v_proj"], description="modules that get adapters")
 
 
+# Options of the loop shared by train and unlearn (declared once, listed last in --help).
+_ACCUMULATE = Field(1, ge=1, description="micro-batches per optimiser step; batch_size stays the batch of one step "
+                    "(the paper's Llama batch of 12 as 3 x 4 on a small GPU)")
+_LOG_EVERY = Field(1, ge=1, description="write the loss log and the trackers every k optimiser steps, each value the "
+                   "mean over them")
+_REPORT_TO = Field("auto", description="experiment tracking through accelerate's trackers, logs in <out>/logs (auto: "
+                   "TensorBoard when installed)")
+ReportTo = Literal["auto", "tensorboard", "wandb", "none"]
+
+
 class TrainConfig(Strict):
     model: str = Field("minilm", description="victim: a Hugging Face model name, a local path, 'minilm' (the embedded all-MiniLM-L6-v2) or 'smollm2' (the embedded SmolLM2-135M, a Llama-architecture decoder)")
     epochs: int = Field(3, ge=1)
@@ -70,7 +117,8 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(128, ge=1)
     max_length: int = Field(128, ge=8)
     lr: float = Field(2e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, on weight matrices only (not on biases "
+                                "and LayerNorm weights)")
     grad_clip: float = Field(1.0, ge=0, description="max grad norm (0 = off)")
     scheduler: Literal["linear", "constant"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
@@ -83,43 +131,19 @@ class TrainConfig(Strict):
         "none", description="balanced: weight the CE loss by inverse class frequency of the training rows (imbalanced data)")
     group_by_length: bool = Field(True, description="batches of similar length in random order (about 1.8x faster on SST-2); false: plain random batches")
     lora: LoraSettings = LoraSettings()
+    gradient_accumulation_steps: int = _ACCUMULATE
+    log_every: int = _LOG_EVERY
+    report_to: ReportTo = _REPORT_TO
 
 
-class RGAConfig(Strict):
-    alpha: float = Field(2.0, ge=0, description="decay rate of lambda = exp(-alpha * KL)")
-    beta: float = Field(1e-2, ge=0, description="weight of ||theta - theta_base|| (paper: 1e-2 BERT, 1e-4 Llama-2; authors' code 0.05)")
-    kl_direction: Literal["current_poisoned", "poisoned_current"] = Field(
-        "current_poisoned", description="KL(f_theta || f_p) (paper) or KL(f_p || f_theta) (authors' code)")
-    lambda_mode: Literal["batch", "sample"] = Field("batch", description="one lambda per batch from the mean KL, or one per sample")
-    l2: Literal["global", "per_tensor"] = Field("global", description="one L2 norm over all parameters (paper) or a sum of per-tensor norms (authors' code)")
-    ascent_step: Literal["joint", "separate"] = Field(
-        "joint", description="joint: -lambda*CE(D_p) is part of the one loss AdamW steps on (paper); separate: the ascent has "
-        "its own Adam moments and lambda scales its step, not its gradient (AdamW's per-coordinate normalisation "
-        "otherwise undoes lambda on weights only D_p uses, e.g. a rare trigger word's embedding)")
-    lambda_floor: Literal["keep", "remove"] = Field(
-        "keep", description="keep: lambda = exp(-alpha*KL) (paper); remove: rescale so lambda reaches 0 where KL(f_theta||f_p) "
-        "reaches its maximum, log(1/min_c f_p(c|x)) (otherwise lambda never falls below min_c f_p(c|x)^alpha)")
-
-
-class NPOConfig(Strict):
-    beta: float = Field(0.1, gt=0, description="NPO inverse temperature (authors' code: 1)")
-
-
-class EarlyStopConfig(Strict):
-    criterion: Literal["off", "lambda", "target_rate"] = Field(
-        "off", description="stop when RGA's lambda, or the share of D_p still predicted as the target, stays below threshold")
-    threshold: float = Field(0.05, ge=0, le=1)
-    patience: int = Field(20, ge=1, description="consecutive steps below threshold")
-
-
-class UnlearnConfig(Strict):
-    method: str = Field("rga", description="ga | npo | rga | retrain")
+class _UnlearnStage(Strict):
+    method: str = Field("rga", description=" | ".join(OBJECTIVES))
     epochs: int = Field(30, ge=1, description="passes over D_p (paper: 30)")
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     max_length: int = Field(128, ge=8)
     lr: float = Field(2e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, on weight matrices only")
     grad_clip: float = Field(1.0, ge=0)
     scheduler: Literal["linear", "constant"] = "constant"
     seed: int = 42
@@ -135,9 +159,14 @@ class UnlearnConfig(Strict):
     eval_every: int = Field(5, ge=0, description="evaluate CACC/LFR/PACC every k epochs (0 = only at the end)")
     eval_subset: int = Field(0, ge=0, description="evaluations before the last use a fixed class-stratified subset of k rows of each evaluation set (0 = all rows); the final model is always evaluated on all")
     base_model: Optional[str] = Field(None, description="theta_base for RGA, the clean model the victim was fine-tuned from; ReTrain trains it for a victim without unbackdoor.json (default: from the victim's unbackdoor.json or config, never the victim itself)")
-    rga: RGAConfig = RGAConfig()
-    npo: NPOConfig = NPOConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
+    gradient_accumulation_steps: int = _ACCUMULATE
+    log_every: int = _LOG_EVERY
+    report_to: ReportTo = _REPORT_TO
+
+
+UnlearnConfig = _sections("UnlearnConfig", _UnlearnStage, OBJECTIVES,
+                          "Unlearning settings, with one section per method that has settings of its own.")
 
 
 def _suggest(name: str, valid: list[str]) -> str:
@@ -236,19 +265,12 @@ def resolve_config_path(name_or_path: str) -> Path:
     return preset
 
 
-class DetectConfig(Strict):
-    detector: str = Field("cube", description="cube | loss | onion")
-    fraction: float = Field(0.25, gt=0, lt=1, description="loss, onion: share of the training set to flag (lowest loss / largest perplexity drop)")
-    epochs: int = Field(1, ge=1, description="loss: epochs of fine-tuning from the clean base; then the lowest-loss rows are flagged (the trigger must get learned first: on MiniLM/SST-2, 3 epochs at 1e-4)")
-    lr: float = Field(2e-5, gt=0, description="loss: learning rate of that fine-tuning")
-    base_model: Optional[str] = Field(None, description="loss: the clean model the victim was fine-tuned from (default: from its unbackdoor.json or config)")
-    umap_dim: int = Field(4, ge=2, description="cube: UMAP output dimensions (authors: 4)")
-    umap_neighbors: int = Field(100, ge=2, description="cube: UMAP neighbours (authors: 100)")
-    umap_min_dist: float = Field(0.25, ge=0, description="cube: UMAP min_dist (authors: 0.25)")
-    min_cluster_size: Optional[int] = Field(None, ge=2, description="cube: HDBSCAN min cluster size (default 5% of a class, at least 10)")
-    lm: str = Field("smollm2", description="onion: causal language model (name or path) that scores perplexity")
-    onion_top_words: int = Field(0, ge=0, description="onion: try removing only the k most surprising words (0 = every word, as ONION)")
+class _DetectStage(Strict):
+    detector: str = Field("cube", description=" | ".join(DETECTORS))
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     max_length: int = Field(128, ge=8)
     seed: int = 42
+
+
+DetectConfig = _flat("DetectConfig", _DetectStage, DETECTORS, "The detector and every detector's own settings.")

@@ -13,9 +13,12 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import DataConfig
 from .errors import DataError
+
+if TYPE_CHECKING:  # config composes the attack config from the attacks, which read data files
+    from .config import DataConfig
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def epoch_table(results: dict, split: str = "test") -> str:
 
 def run_demo(out: str, overrides: list[str], threads: int | None = None) -> dict:
     from .reporting import summarise, write_report
-    from .runner import ExperimentConfig, load_results, run_experiment
+    from .grid import ExperimentConfig, load_results, run_experiment
     from .verdict import decide
 
     if threads:

@@ -13,6 +13,16 @@ class ConfigError(UnbackdoorError):
     pass
 
 
+class UnknownName(ConfigError, KeyError):
+    """A name no registry holds. A KeyError too, so that `registry.get(name)` returns None."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
+class PluginError(ConfigError):
+    """A plug-in (entry point or built-in module) that cannot be loaded or clashes with another."""
+
+
 class ModelError(UnbackdoorError):
     pass
 
@@ -23,6 +33,10 @@ class BaseModelError(ModelError):
 
 BASE_HINT = ("pass --base-model NAME_OR_PATH (the clean pre-trained model the victim was fine-tuned from; "
              "base_model in a config file), or drop RGA's L2 term with -s rga.beta=0")
+
+
+class HubError(UnbackdoorError):
+    """The Hugging Face Hub cannot be reached (offline mode, no network, not logged in)."""
 
 
 class DivergenceError(UnbackdoorError):

@@ -108,7 +108,7 @@ def delta_pacc(metrics: dict, retrain_metrics: dict) -> float:
 
 def evaluate(model, tokenizer, clean_rows: list[dict], triggered_rows: list[dict], target: int,
              label_names: list[str], max_length: int = 128, batch_size: int = 128, accelerator=None) -> dict:
-    from .training import Collator, TokenizedSet, predict_logits
+    from .batches import Collator, TokenizedSet, predict_logits
 
     collate = Collator(tokenizer)
     preds = []

@@ -407,7 +407,7 @@ def figure_lambda(result: dict, path: Path):
 def load_many(results_dirs: list[Path]) -> list[dict]:
     """The finished stages of several results folders (e.g. one per dataset), each stage taken once."""
     from .errors import DataError
-    from .runner import load_results
+    from .grid import load_results
 
     seen, results = {}, []
     for d in results_dirs:

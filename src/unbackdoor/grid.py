@@ -1,4 +1,5 @@
-"""`unbackdoor run`: a grid of datasets x attacks x seeds x methods, sharing what can be shared.
+"""`unbackdoor run`: a grid of datasets x attacks x seeds x methods over the stages (stages.py),
+sharing what can be shared.
 
 One poisoned set, one victim and one ReTrain per (dataset, attack, seed); every unlearning method
 starts from that victim. Each finished stage leaves a metrics.json; re-running the same command
@@ -14,6 +15,7 @@ from pydantic import Field
 
 from .artifacts import read_json, write_json
 from .config import AttackConfig, DataConfig, DetectConfig, Strict, TrainConfig, UnlearnConfig, validate
+from .objectives import OBJECTIVES
 from .errors import ConfigError
 
 
@@ -140,19 +142,16 @@ def _attack_config(cfg: ExperimentConfig, attack: str) -> AttackConfig:
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> list[Path]:
-    from .detection import run_detect
-    from .pipeline import run_poison, run_train, run_unlearn
-    from .config import PoisonConfig
-
     from .attacks import ATTACKS
-    from .unlearning import OBJECTIVES
+    from .config import PoisonConfig
+    from .stages import run_detect, run_poison, run_train, run_unlearn
 
-    valid_methods = sorted(set(OBJECTIVES) - {"ce"} | {"retrain"})
     for m in cfg.methods:
-        # A named variant (e.g. npo-b1) is a method_overrides entry that says which objective it runs.
+        # A named variant (e.g. npo-b1) is a method_overrides entry that says which objective it runs. A method
+        # that trains from scratch (ReTrain) is a stage of the cell, trained with the train settings: no variants.
         base = cfg.method_overrides.get(m, {}).get("method", m)
-        if base not in valid_methods or base == "retrain" and m != "retrain":
-            raise ConfigError(f"methods: unknown method '{m}'; valid methods: {', '.join(valid_methods)}, or a "
+        if base not in OBJECTIVES or OBJECTIVES[base].from_scratch and m != base:
+            raise ConfigError(f"methods: unknown method '{m}'; valid methods: {', '.join(OBJECTIVES)}, or a "
                               "variant named in method_overrides with its method, e.g. {npo-b1: {method: npo, "
                               "npo: {beta: 1.0}}}")
     for a in cfg.attacks:
@@ -189,6 +188,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
     repair(out, log)
     write_json(out / "experiment.json", {**cfg.model_dump(), "dataset_dirs": dirs})
     folder_of = {key: slug for slug, key in dirs.items()}
+    from_scratch = [m for m in cfg.methods if m in OBJECTIVES and OBJECTIVES[m].from_scratch]
     finished = []
     for dataset in cfg.datasets:
         for attack in cfg.attacks:
@@ -201,9 +201,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                     log(f"[{tag}] poisoning")
                     run_poison(pcfg, cell / "poisoned")
                 tcfg = cfg.train.model_copy(update={"seed": seed})
-                for stage, clean_only in (("victim", False), ("retrain", True)):
-                    if stage == "retrain" and "retrain" not in cfg.methods:
-                        continue
+                for stage, clean_only in [("victim", False)] + [(m, True) for m in from_scratch]:
                     if not _done(cell / stage):
                         log(f"[{tag}] training {stage}")
                         run_train(cell / "poisoned", tcfg, cell / stage, clean_only=clean_only,
@@ -221,7 +219,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                 for frac in cfg.poisoned_fractions:
                     sources[f"-gt{round(100 * frac)}"] = partial_ground_truth(cell, frac, seed)
                 for method in cfg.methods:
-                    if method == "retrain":
+                    if method in from_scratch:
                         continue
                     data = cfg.unlearn.model_dump()
                     data.update(method=method, seed=seed)

@@ -1,0 +1,5 @@
+"""`python -m unbackdoor`, the same as the `unbackdoor` command."""
+
+from .cli import main
+
+main()

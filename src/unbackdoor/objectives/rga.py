@@ -1,0 +1,186 @@
+"""RGA (Eq. 6): L = -lambda * CE(D_p) + CE(D_c) + beta * ||theta - theta_base||_2,
+lambda = exp(-alpha * KL(f_theta(.|x_p) || f_p(.|x_p))), computed without gradient."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..errors import BASE_HINT, BaseModelError, ConfigError
+from ..settings import Settings
+from . import register
+from .base import Unlearning
+
+
+# ---------------------------------------------------------------- the mathematics, as plain functions
+
+def kl_per_sample(logits: torch.Tensor, ref_logits: torch.Tensor, direction: str = "current_poisoned") -> torch.Tensor:
+    """KL over the full class distribution, one value per sample.
+
+    current_poisoned: KL(f_theta || f_p) (paper, Eq. 6); poisoned_current: KL(f_p || f_theta) (authors' code).
+    """
+    logp, logq = F.log_softmax(logits.float(), -1), F.log_softmax(ref_logits.float(), -1)
+    if direction == "poisoned_current":
+        logp, logq = logq, logp
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def kl_cap(ref_logits: torch.Tensor) -> torch.Tensor:
+    """max over f_theta of KL(f_theta || f_p) = log(1 / min_c f_p(c|x)): all mass on f_p's least likely class."""
+    return -F.log_softmax(ref_logits.float(), -1).min(-1).values
+
+
+def rga_lambda(logits, ref_logits, alpha: float, direction: str = "current_poisoned", mode: str = "batch",
+               floor: str = "keep"):
+    """lambda = exp(-alpha * KL), computed without gradient: it scales the ascent, it is not optimised.
+
+    With the paper's KL(f_theta || f_p) the KL is capped (kl_cap), so lambda never falls below
+    exp(-alpha * cap) = min_c f_p(c|x)^alpha: once CE(D_c) is fitted that floor keeps the ascent
+    going. floor="remove" rescales lambda linearly so it is 1 at KL = 0 and 0 at the cap.
+    KL(f_p || f_theta) has no cap, so there is no floor to remove.
+    """
+    with torch.no_grad():
+        kl = kl_per_sample(logits.detach(), ref_logits, direction)
+        reduce = (lambda t: t.mean()) if mode == "batch" else (lambda t: t)
+        lam = torch.exp(-alpha * reduce(kl))
+        if floor == "remove" and direction == "current_poisoned":
+            low = torch.exp(-alpha * reduce(kl_cap(ref_logits)))
+            lam = ((lam - low) / (1 - low).clamp_min(1e-12)).clamp(0, 1)
+        return lam, kl
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    # sqrt with gradient 0 (not inf/NaN) at 0, e.g. when LoRA's B starts at zero.
+    return torch.where(x > 0, torch.sqrt(x.clamp_min(1e-30)), torch.zeros_like(x))
+
+
+def lora_update_norms(layers) -> torch.Tensor:
+    """||scale * B @ A||_F for each adapted module, without forming the (out x in) update:
+    ||BA||_F^2 = sum((B^T B) * (A A^T)), two r x r matrices."""
+    sq = [(s * s) * ((B.t() @ B) * (A @ A.t())).sum() for _, B, A, s in layers]
+    return _safe_sqrt(torch.stack(sq))
+
+
+def tensor_distances(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    return torch.stack([torch.linalg.vector_norm(p - b) for p, b in pairs])
+
+
+def combine_norms(norms: torch.Tensor, mode: str = "global") -> torch.Tensor:
+    # The norm of the per-tensor norms is the global norm, and its gradient at 0 is 0 rather than NaN.
+    return torch.linalg.vector_norm(norms) if mode == "global" else norms.sum()
+
+
+def l2_to_base(pairs: list[tuple[torch.Tensor, torch.Tensor]], mode: str = "global") -> torch.Tensor:
+    """||theta - theta_base||_2 over the paired tensors (global), or the sum of per-tensor norms."""
+    return combine_norms(tensor_distances(pairs), mode)
+
+
+# ---------------------------------------------------------------- the objective
+
+@register
+class RGA(Unlearning):
+    """Robust Gradient Ascent (Eq. 6): -lambda * CE(D_p) + CE(D_c) + beta * ||theta - theta_base||_2."""
+
+    name = "rga"
+    needs_reference = True
+    stop_signals = ("target_rate", "lambda")
+
+    class Settings(Settings):
+        alpha: float = Field(2.0, ge=0, description="decay rate of lambda = exp(-alpha * KL)")
+        beta: float = Field(1e-2, ge=0, description="weight of ||theta - theta_base|| (paper: 1e-2 BERT, 1e-4 Llama-2; "
+                            "authors' code 0.05)")
+        kl_direction: Literal["current_poisoned", "poisoned_current"] = Field(
+            "current_poisoned", description="KL(f_theta || f_p) (paper) or KL(f_p || f_theta) (authors' code)")
+        lambda_mode: Literal["batch", "sample"] = Field(
+            "batch", description="one lambda per batch from the mean KL, or one per sample")
+        l2: Literal["global", "per_tensor"] = Field(
+            "global", description="one L2 norm over all parameters (paper) or a sum of per-tensor norms (authors' code)")
+        ascent_step: Literal["joint", "separate"] = Field(
+            "joint", description="joint: -lambda*CE(D_p) is part of the one loss AdamW steps on (paper); separate: the "
+            "ascent has its own Adam moments and lambda scales its step, not its gradient (AdamW's per-coordinate "
+            "normalisation otherwise undoes lambda on weights only D_p uses, e.g. a rare trigger word's embedding)")
+        lambda_floor: Literal["keep", "remove"] = Field(
+            "keep", description="keep: lambda = exp(-alpha*KL) (paper); remove: rescale so lambda reaches 0 where "
+            "KL(f_theta||f_p) reaches its maximum, log(1/min_c f_p(c|x)) (otherwise lambda never falls below "
+            "min_c f_p(c|x)^alpha)")
+
+    def __init__(self, settings=None, early_stop=None, stage=None):
+        super().__init__(settings, early_stop, stage)
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.lora = []
+        self._moments: dict = {}
+        self._ascent_steps = 0
+
+    @property
+    def needs_base(self) -> bool:
+        return self.settings.beta > 0  # theta_base serves the L2 term only
+
+    def setup(self, model, accelerator=None):
+        super().setup(model, accelerator)
+        from ..models import is_peft, lora_layers
+
+        self.lora = lora_layers(model) if is_peft(model) else []
+        self._model = model
+        if self.settings.ascent_step == "separate" and self.stage is None:
+            raise ConfigError("rga.ascent_step=separate steps at the unlearn config's lr: build it with build_objective")
+        if self.settings.ascent_step == "separate" and accelerator is not None and accelerator.num_processes > 1:
+            # Its gradients are taken outside the loop's backward, so DDP would not average them.
+            raise ConfigError("rga.ascent_step=separate runs on one process only")
+        if self.settings.beta > 0 and not self.lora:
+            if not self.base_params:
+                raise BaseModelError(f"rga: theta_base is needed for the L2 term (rga.beta={self.settings.beta}); "
+                                     f"{BASE_HINT}")
+            named = dict(model.named_parameters())
+            self.pairs = [(named[n], b.to(named[n].device)) for n, b in self.base_params.items() if n in named]
+
+    def forget(self, logits, ce_each, batch, logs):
+        s = self.settings
+        lam, kl = rga_lambda(logits, self.reference(batch), s.alpha, s.kl_direction, s.lambda_mode, s.lambda_floor)
+        logs.update({"lambda": lam.mean().item(), "kl": kl.mean().item()})
+        if s.ascent_step == "separate":
+            self._ascend(ce_each, lam)
+            return 0.0
+        return -(lam * ce_each.mean()) if s.lambda_mode == "batch" else -(lam * ce_each).mean()
+
+    def _ascend(self, ce_each, lam) -> None:
+        """theta += lr * mean(lambda) * Adam-normalised grad of the lambda-weighted CE(D_p), with moments of
+        its own: lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
+        if self.stage.scheduler != "constant":
+            raise ConfigError("rga.ascent_step=separate steps the ascent at unlearn.lr itself; it needs scheduler=constant")
+        scale = lam.mean()
+        weights = (lam / lam.sum()).expand_as(ce_each) if lam.dim() else torch.full_like(ce_each, 1 / len(ce_each))
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad((weights * ce_each).sum(), params, allow_unused=True)
+        b1, b2, eps = 0.9, 0.999, 1e-8  # torch's AdamW defaults, as the descent's optimiser
+        self._ascent_steps += 1
+        t = self._ascent_steps
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                if g is None:
+                    continue
+                m, v = self._moments.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p)))
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+                p.add_(step, alpha=self.stage.lr * scale.item())
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.settings.ascent_step == "separate":
+            # The ascent's own moments are not in accelerate's checkpoint: say so rather than resume silently.
+            import warnings
+
+            warnings.warn("rga.ascent_step=separate: resumed run restarts the ascent's Adam moments from zero")
+
+    def regulariser(self, logs):
+        s = self.settings
+        if s.beta == 0 or not (self.lora or self.pairs):
+            return 0.0
+        # Under LoRA theta - theta_base is exactly the adapters' update; the head is left out either way.
+        norms = lora_update_norms(self.lora) if self.lora else tensor_distances(self.pairs)
+        dist = combine_norms(norms, s.l2)
+        logs["l2"] = dist.item()
+        return s.beta * dist
