@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import csv
 import json
+import numbers
 import os
+import sys
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .errors import DataError
 
@@ -144,11 +148,12 @@ def read_records(path: str | Path, required: tuple[str, ...]) -> list[dict]:
 
 
 def _as_int(v) -> int | None:
-    if isinstance(v, bool):
+    # numbers.*, not int/float: labels from pandas or datasets arrive as numpy scalars.
+    if isinstance(v, (bool, np.bool_)):
         return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real) and float(v).is_integer():
         return int(v)
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():
         return int(v.strip())
@@ -212,6 +217,59 @@ def read_flags(path: str | Path, records: list[dict], column: str = "poisoned") 
     return flags
 
 
+# ---------------------------------------------------------------- data in memory
+
+def _columns(obj, field: str, text_column: str, label_column: str) -> tuple[list, list]:
+    found = list(obj.column_names if hasattr(obj, "column_names") else obj.columns)
+    missing = [c for c in (text_column, label_column) if c not in found]
+    if missing:
+        raise DataError(f"{field}: missing column(s) {missing}; found columns {found} (set text_column= / "
+                        "label_column=)")
+    return list(obj[text_column]), list(obj[label_column])
+
+
+def _pairs(items, field: str, text_column: str, label_column: str) -> tuple[list, list]:
+    texts, labels = [], []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            missing = [c for c in (text_column, label_column) if c not in item]
+            if missing:
+                raise DataError(f"{field}: row {i}: missing key(s) {missing}; found {sorted(item)}")
+            item = (item[text_column], item[label_column])
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise DataError(f"{field}: row {i}: expected a (text, label) pair or a dict, got {item!r:.80}")
+        texts.append(item[0])
+        labels.append(item[1])
+    return texts, labels
+
+
+def rows_from(obj, field: str = "data", text_column: str = "text", label_column: str = "label",
+              label_names: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """(rows, label_names) of a datasets.Dataset, a pandas DataFrame, or a list of (text, label) pairs or
+    {text, label} dicts; labels are class indices or names. `field` names the argument in errors."""
+    # Checked by module, not imported: neither library is needed unless the caller already uses it.
+    hf, pd = sys.modules.get("datasets"), sys.modules.get("pandas")
+    if hf is not None and isinstance(obj, hf.Dataset):
+        texts, raw = _columns(obj, field, text_column, label_column)
+        feature = obj.features.get(label_column)
+        label_names = label_names or (list(feature.names) if hasattr(feature, "names") else None)
+    elif pd is not None and isinstance(obj, pd.DataFrame):
+        texts, raw = _columns(obj, field, text_column, label_column)
+    elif isinstance(obj, (list, tuple)):
+        texts, raw = _pairs(obj, field, text_column, label_column)
+    else:
+        raise DataError(f"{field}: expected a datasets.Dataset, a pandas DataFrame or a list of (text, label) pairs, "
+                        f"got {type(obj).__name__}")
+    if not texts:
+        raise DataError(f"{field}: no rows")
+    where = [f"{field}: row {i}" for i in range(len(texts))]
+    for t, w in zip(texts, where):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(f"{w}: empty or non-text value {t!r:.40} as the text")
+    labels, names = resolve_labels(raw, label_names, where)
+    return [{"text": t.strip(), "label": y} for t, y in zip(texts, labels)], names
+
+
 # ---------------------------------------------------------------- sampling
 
 def stratified_sample(rows: list[dict], n: int | None = None, per_class: int | None = None,
@@ -234,7 +292,7 @@ def stratified_sample(rows: list[dict], n: int | None = None, per_class: int | N
 
 # ---------------------------------------------------------------- loading
 
-def _target_index(target, label_names: list[str], default: int | None, source: str) -> int:
+def target_index(target, label_names: list[str], default: int | None, source: str) -> int:
     if target is None:
         if default is None:
             raise DataError(f"{source}: set data.target (a class name or index from {label_names})")
@@ -272,7 +330,7 @@ def _load_named(cfg: DataConfig, seed: int) -> LabeledData:
         train, test, dev = split("train"), split("test"), split("dev")
         if cfg.dataset == "hsol":
             notes.append("HSOL has no separate dev set: its dev file equals its test file")
-    return LabeledData(cfg.dataset, names, _target_index(cfg.target, names, info.target, cfg.dataset),
+    return LabeledData(cfg.dataset, names, target_index(cfg.target, names, info.target, cfg.dataset),
                        train, test, dev, notes)
 
 
@@ -298,7 +356,7 @@ def _load_hf(cfg: DataConfig, seed: int) -> LabeledData:
     names = names or [str(i) for i in range(max(r["label"] for r in train) + 1)]
     test = rows("test") if "test" in ds else rows("validation")
     dev = rows("validation") if "validation" in ds and "test" in ds else []
-    return LabeledData(name, names, _target_index(cfg.target, names, None, name), train, test, dev)
+    return LabeledData(name, names, target_index(cfg.target, names, None, name), train, test, dev)
 
 
 def _load_files(cfg: DataConfig, seed: int) -> LabeledData:
@@ -309,7 +367,7 @@ def _load_files(cfg: DataConfig, seed: int) -> LabeledData:
     dev = read_labeled_file(cfg.dev_file, cfg.text_column, cfg.label_column, names)[0] if cfg.dev_file else []
     if len(names) < 2:
         raise DataError(f"{cfg.dataset}: found a single class {names}; a classifier needs at least two")
-    return LabeledData(Path(cfg.dataset).stem, names, _target_index(cfg.target, names, None, cfg.dataset),
+    return LabeledData(Path(cfg.dataset).stem, names, target_index(cfg.target, names, None, cfg.dataset),
                        train, test, dev)
 
 
@@ -323,6 +381,11 @@ def load_data(cfg: DataConfig, seed: int = 42) -> LabeledData:
     else:
         raise DataError(f"unknown dataset '{cfg.dataset}': expected one of {sorted(NAMED)}, a .tsv/.csv/.jsonl "
                         "file, or hf:<name>")
+    return subsample(data, cfg, seed)
+
+
+def subsample(data: LabeledData, cfg: DataConfig, seed: int) -> LabeledData:
+    """cfg.train_size / cfg.test_size rows, class-stratified, when the data has more."""
     if cfg.train_size and cfg.train_size < len(data.train):
         data.train = stratified_sample(data.train, n=cfg.train_size, seed=seed)
         data.notes.append(f"training subset: {len(data.train)} rows (seed {seed})")
