@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import MissingParaphraseError
 from ..poisoned_set import PoisonedSet
 from ..registry import Registry
+from ..settings import Settings
 from .base import Poisoner
 
 if TYPE_CHECKING:
     from ..config import AttackConfig
     from ..data import LabeledData
+
+__all__ = ["ATTACKS", "register", "build_poisoner", "poison_dataset", "Poisoner", "Settings"]
 
 ATTACKS = Registry(__name__, "unbackdoor.attacks", "attack", "attacks")
 register = ATTACKS.register

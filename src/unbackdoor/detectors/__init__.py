@@ -10,6 +10,7 @@ registers a class adds a detector everywhere; another package can do the same th
 from __future__ import annotations
 
 from ..registry import Registry
+from ..settings import Settings
 from .base import Detection, Detector, FlagShare, lowest_fraction, precision_recall_f1
 
 DETECTORS = Registry(__name__, "unbackdoor.detectors", "detector", "detectors")
@@ -21,4 +22,4 @@ def build_detector(cfg) -> Detector:
 
 
 __all__ = ["DETECTORS", "register", "build_detector", "Detection", "Detector", "FlagShare", "lowest_fraction",
-           "precision_recall_f1"]
+           "precision_recall_f1", "Settings"]
