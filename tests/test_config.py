@@ -42,3 +42,16 @@ def test_overrides_and_typos():
         validate(UnlearnConfig, {"rga": {"kl_direction": "forward"}})
     with pytest.raises(ConfigError, match="must look like key=value"):
         apply_overrides({}, ["epochs"])
+
+
+def test_method_settings_by_section_in_files_overrides_and_options(tmp_path):
+    from unbackdoor.cli import build_config
+
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("unlearn:\n  rga: {beta: 0.05, l2: per_tensor}\n  npo: {beta: 1.0}\n")
+    cfg = build_config(UnlearnConfig, "unlearn", str(preset), ["unlearn.rga.alpha=1", "npo.beta=2"],
+                       {"cfg__rga__kl_direction": "poisoned_current"})
+    assert (cfg.rga.beta, cfg.rga.l2, cfg.rga.alpha, cfg.rga.kl_direction, cfg.npo.beta) == (
+        0.05, "per_tensor", 1.0, "poisoned_current", 2.0)
+    with pytest.raises(ConfigError, match=r"unknown key 'rga.alhpa'; did you mean 'alpha'\?"):
+        build_config(UnlearnConfig, "unlearn", None, ["unlearn.rga.alhpa=1"], {})

@@ -87,7 +87,9 @@ def build_config(cls, section: str | None, config_file, sets, kwargs):
             if key in lists and isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             set_dotted(data, key, value)
-    apply_overrides(data, list(sets))
+    # -s unlearn.rga.beta=0 as in a grid's overrides, or -s rga.beta=0 within the command's own section.
+    prefix = f"{section}."
+    apply_overrides(data, [s[len(prefix):] if section and s.startswith(prefix) else s for s in sets])
     return validate(cls, data, source=f"{section or cls.__name__} config")
 
 
