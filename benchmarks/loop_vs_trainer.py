@@ -25,7 +25,8 @@ def _data(rows: int, max_length: int):
     from unbackdoor.config import DataConfig
     from unbackdoor.data import load_data
     from unbackdoor.models import load_classifier
-    from unbackdoor.training import TokenizedSet, set_seed
+    from unbackdoor.batches import TokenizedSet
+    from unbackdoor.training import set_seed
 
     set_seed(0)
     data = load_data(DataConfig(dataset="sst2", train_size=rows))
@@ -35,7 +36,7 @@ def _data(rows: int, max_length: int):
 
 def run_ours(rows, batch, max_length, out):
     from unbackdoor.training import LoopConfig, train_loop
-    from unbackdoor.unlearning import CrossEntropy
+    from unbackdoor.objectives.ce import CrossEntropy
 
     model, tok, _, ds = _data(rows, max_length)
     t0 = time.perf_counter()

@@ -32,8 +32,9 @@ def child(variant: str, steps: int, batch: int) -> dict:
     from unbackdoor.attacks import build_poisoner, poison_dataset
     from unbackdoor.config import AttackConfig
     from unbackdoor.models import base_parameters, load_classifier
-    from unbackdoor.training import Collator, TokenizedSet, forward_logits, predict_logits, set_seed
-    from unbackdoor.unlearning import build_objective
+    from unbackdoor.batches import Collator, TokenizedSet, forward_logits, predict_logits
+    from unbackdoor.training import set_seed
+    from unbackdoor.objectives import build_objective
 
     set_seed(0)
     data = load_data(DataConfig(dataset="sst2", train_size=2000))

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from unbackdoor.reporting import summarise
-from unbackdoor.runner import load_results
+from unbackdoor.grid import load_results
 
 # The margins: GA clearly shifts, RGA stays.
 GA_MIN_GAP, GA_MIN_PACC_DROP = 40.0, 15.0

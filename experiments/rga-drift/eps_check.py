@@ -7,8 +7,8 @@ usage: python experiments/rga-drift/eps_check.py CELL [MAX_LENGTH]
 import json, math, statistics, sys, torch
 from pathlib import Path
 from unbackdoor.models import load_classifier
-from unbackdoor.attacks import load_poisoned_set
-from unbackdoor.training import Collator, TokenizedSet, predict_logits
+from unbackdoor.poisoned_set import load_poisoned_set
+from unbackdoor.batches import Collator, TokenizedSet, predict_logits
 cell = Path(sys.argv[1])  # a grid cell: <out>/<dataset>/<attack>/seed<S> with poisoned/, victim/, rga/
 ps = load_poisoned_set(cell / 'poisoned')
 model, tok, _ = load_classifier(str(cell / 'victim' / 'model'), 2, ps.label_names)
