@@ -129,3 +129,17 @@ def test_detect_in_memory_and_its_split(tiny_set, tiny_base):
     assert found.metrics["flagged"] == len(flagged) and found.metrics["poisoned"] == len(tiny_set.poisoned)
     with pytest.raises(ConfigError, match="reads the poisoned model: pass model="):
         ub.detect(data=tiny_set, detector="cube")
+
+
+def test_paths_work_as_the_command_line_wrote_them(poisoned, tiny_victim):
+    from unbackdoor.artifacts import read_json
+
+    written = read_json(tiny_victim / "metrics.json")["metrics"]["test"]
+    metrics, verdict = ub.evaluate(tiny_victim, data=poisoned, max_length=48)
+    assert (metrics["cacc"], metrics["pacc"], metrics["confusion_triggered"]) == (
+        written["cacc"], written["pacc"], written["confusion_triggered"])
+    ps = ub.load_poisoned_set(poisoned)
+    # A victim loaded from its run folder knows its theta_base (unbackdoor.json): no base_model= needed.
+    model, curve = ub.unlearn(tiny_victim, forget=ps.poisoned, retain=ps.clean, method="rga", epochs=1,
+                              max_length=48)
+    assert curve[0]["l2"] > 0 and not model.training

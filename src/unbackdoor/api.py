@@ -194,7 +194,7 @@ def unlearn(model, tokenizer=None, *, forget, retain, method: str = "rga", eval_
 
     Returns (model, curve): the unlearned model, in eval mode, and one dict per epoch with the mean
     of each logged value (ce_p, ce_c, lambda, l2, ...) and, where evaluated, {split: metrics}.
-    ReTrain returns a new model, trained from base_model on `retain`.
+    ReTrain returns a new model: base_model trained on `retain` with these settings (epochs, lr, ...).
     """
     cls = OBJECTIVES[method]
     values, own = {"method": method}, cls.Settings.model_fields
