@@ -255,6 +255,9 @@ def evaluate(model, tokenizer=None, data=None, *, retrain=None, split: str = "te
         raise ConfigError(f"retrain: expected ReTrain's metrics (a dict) or its run folder, got {type(retrain).__name__}")
     if not reference or "confusion_triggered" not in reference:
         raise DataError(f"retrain: no {split} metrics with confusion matrices to compare with")
+    if len(reference["confusion_triggered"]) != len(ps.label_names):
+        raise DataError(f"retrain: its metrics have {len(reference['confusion_triggered'])} classes, the data "
+                        f"{len(ps.label_names)}")
     return metrics, stages.judge({split: metrics}, {split: reference}, ps)[split]
 
 

@@ -334,8 +334,9 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
     accelerator = accelerator or make_accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     if accelerator.gradient_accumulation_steps != cfg.gradient_accumulation_steps or (
             cfg.gradient_accumulation_steps > 1 and accelerator.gradient_state.sync_with_dataloader):
-        raise ValueError("the accelerator does not match cfg.gradient_accumulation_steps: make it with "
-                         "training.make_accelerator")
+        raise ConfigError(f"the accelerator passed to train_loop accumulates {accelerator.gradient_accumulation_steps} "
+                          f"micro-batches, the config {cfg.gradient_accumulation_steps}: make it with "
+                          "training.make_accelerator(gradient_accumulation_steps=...)")
     set_seed(cfg.seed)
     plan = Plan.of(len(primary), cfg, accelerator.num_processes)
     # Under mixed precision, lengths that are multiples of 8 let the matrix products use tensor cores.
