@@ -22,6 +22,13 @@ def require_online() -> None:
     if is_offline_mode():
         raise HubError("--push-to-hub needs the Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE or "
                        "TRANSFORMERS_OFFLINE is set); unset it, or drop --push-to-hub and upload <out>/model later")
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().whoami()  # a token that the Hub accepts: the upload at the end will be allowed to start
+    except Exception as e:  # noqa: BLE001 - no token, a refused one, or no network all mean "cannot push"
+        raise HubError(f"--push-to-hub: the Hugging Face Hub cannot be used ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else 'no detail'}); log in with `hf auth login`") from None
 
 
 def _method_line(result: dict) -> str:
