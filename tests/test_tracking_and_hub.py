@@ -68,3 +68,17 @@ def test_push_to_hub_offline_fails_before_training(tmp_path, poisoned, tiny_vict
     assert code == 2
     assert "--push-to-hub needs the Hugging Face Hub, but offline mode is on" in capsys.readouterr().err
     assert not out.exists()  # nothing trained
+
+
+def test_push_to_hub_without_a_token_fails_before_training(tmp_path, poisoned, tiny_victim, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    out = tmp_path / "pushed"
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", "ga",
+                   "--push-to-hub", "someone/purified") == 2
+    assert "the Hugging Face Hub cannot be used (LocalTokenNotFoundError" in capsys.readouterr().err
+    assert not out.exists()
