@@ -13,7 +13,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from unbackdoor.runner import load_results
+from unbackdoor.grid import load_results
 from unbackdoor.verdict import decide
 
 
