@@ -131,7 +131,8 @@ def test_per_sample_lambda_weights_each_sample_by_its_own_kl():
     args = (lg.tolist(), ref.tolist(), bp["labels"].tolist(), 2.0)
     losses = {}
     for mode in ("sample", "batch"):
-        rga = build_objective(UnlearnConfig(method="rga", rga={"beta": 0, "lambda_mode": mode}))
+        # The paper's Eq. 6 as one loss: the joint ascent step (the separate one takes -lambda*CE(D_p) out).
+        rga = build_objective(UnlearnConfig(method="rga", rga={"beta": 0, "lambda_mode": mode, "ascent_step": "joint"}))
         rga.set_reference(ref)
         rga.setup(m)
         losses[mode] = rga(m, bp, bc)[0].item()
@@ -159,7 +160,7 @@ def test_l2_term_zero_at_base_finite_gradient_and_modes():
 def test_rga_loss_assembles_eq6_and_leaves_out_the_head():
     m = TinyClassifier(k=2)
     base = {"body.weight": m.body.weight.detach() + 0.1, "body.bias": m.body.bias.detach().clone()}
-    cfg = UnlearnConfig(method="rga")
+    cfg = UnlearnConfig(method="rga", rga={"ascent_step": "joint"})  # Eq. 6 as one loss
     rga = build_objective(cfg, base_params=base)
     bp, bc = batch(label=1), batch(seed=5, label=0)
     with torch.no_grad():
@@ -276,29 +277,30 @@ def test_lambda_floor_of_the_papers_kl_and_its_removal():
 
 def test_separate_ascent_step_is_scaled_by_lambda_where_adam_would_cancel_it():
     """A weight that only D_p's gradient reaches: under the joint loss, AdamW's first step moves it by lr
-    whatever lambda is; with ascent_step=separate it moves by lambda * lr (and away from the poisoned label)."""
+    whatever lambda is; with ascent_step=separate it moves by lambda * lr (and away from the poisoned label),
+    once per optimiser step however many micro-batches the step accumulates, at the lr the loop passes."""
     m = TinyClassifier(k=2)
     bp = batch(label=1)
     with torch.no_grad():
         ref = m(bp["input_ids"]).logits + torch.tensor([[3.0, -3.0]])  # f_theta far from f_p: lambda small
-    cfg = UnlearnConfig(method="rga", lr=1e-2, scheduler="constant", rga={"beta": 0.0, "ascent_step": "separate"})
+    cfg = UnlearnConfig(method="rga", lr=1e-2, scheduler="linear", rga={"beta": 0.0, "ascent_step": "separate"})
+    assert UnlearnConfig(method="rga").rga.ascent_step == "separate"  # the default
     obj = build_objective(cfg)
     obj.set_reference(ref)
     obj.setup(m)
     before = m.classifier.bias.detach().clone()
-    logs = {}
-    logits = m(bp["input_ids"]).logits
-    ce_each = F.cross_entropy(logits, bp["labels"], reduction="none")
-    out = obj.forget(logits, ce_each, bp, logs)
+    lams = []
+    for _ in range(2):  # two micro-batches of one optimiser step
+        logs = {}
+        logits = m(bp["input_ids"]).logits
+        out = obj.forget(logits, F.cross_entropy(logits, bp["labels"], reduction="none"), bp, logs)
+        assert out == 0.0 and torch.equal(m.classifier.bias, before)  # nothing moves before the step
+        lams.append(logs["lambda"])
+    obj.on_optimiser_step(5e-3)
     moved = m.classifier.bias.detach() - before
-    lam = logs["lambda"]
-    assert out == 0.0 and 1e-4 < lam < 0.1
-    assert torch.allclose(moved.abs(), torch.full_like(moved, 1e-2 * lam), rtol=1e-3)
+    assert 1e-4 < lams[0] < 0.1
+    # Adam's first step is lr * sign(g) per coordinate, here scaled by the step's mean lambda.
+    assert torch.allclose(moved.abs(), torch.full_like(moved, 5e-3 * sum(lams) / 2), rtol=1e-3)
     assert moved[1] < 0 < moved[0]  # the poisoned label's logit goes down: ascent on CE(D_p)
-    with pytest.raises(ConfigError, match="scheduler=constant"):
-        bad = build_objective(UnlearnConfig(method="rga", scheduler="linear",
-                                            rga={"beta": 0.0, "ascent_step": "separate"}))
-        bad.set_reference(ref)
-        bad.setup(m)
-        lg = m(bp["input_ids"]).logits
-        bad.forget(lg, F.cross_entropy(lg, bp["labels"], reduction="none"), bp, {})
+    obj.on_optimiser_step(5e-3)  # no pending ascent: nothing moves
+    assert torch.equal(m.classifier.bias.detach() - before, moved)

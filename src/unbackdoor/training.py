@@ -437,6 +437,8 @@ class _Loop:
             if acc.sync_gradients and self.cfg.grad_clip > 0:
                 acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()  # these three act only when the group ends
+            if acc.sync_gradients:
+                self.objective.on_optimiser_step(self.scheduler.get_last_lr()[0])
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return logs

@@ -85,6 +85,10 @@ class Objective:
             self.stop_reason = (f"{self.early.criterion} < {self.early.threshold} for {self.early.patience} "
                                 "consecutive steps")
 
+    def on_optimiser_step(self, lr: float) -> None:
+        """Called by the loop right after each optimiser step, with the learning rate that step used: an
+        objective that updates weights outside the loss (RGA's separate ascent step) does it here."""
+
     def should_stop(self) -> bool:
         return self.stop_reason is not None
 

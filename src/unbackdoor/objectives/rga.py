@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..errors import BASE_HINT, BaseModelError, ConfigError
+from ..errors import BASE_HINT, BaseModelError
 from ..settings import Settings
 from . import register
 from .base import Unlearning
@@ -99,9 +99,10 @@ class RGA(Unlearning):
         l2: Literal["global", "per_tensor"] = Field(
             "global", description="one L2 norm over all parameters (paper) or a sum of per-tensor norms (authors' code)")
         ascent_step: Literal["joint", "separate"] = Field(
-            "joint", description="joint: -lambda*CE(D_p) is part of the one loss AdamW steps on (paper); separate: the "
-            "ascent has its own Adam moments and lambda scales its step, not its gradient (AdamW's per-coordinate "
-            "normalisation otherwise undoes lambda on weights only D_p uses, e.g. a rare trigger word's embedding)")
+            "separate", description="separate (default, departs from the paper): the ascent has its own Adam moments "
+            "and lambda scales its step, not its gradient (AdamW's per-coordinate normalisation otherwise undoes lambda "
+            "on weights only D_p uses, e.g. a rare trigger word's embedding, and RGA drifts into a trigger shift); "
+            "joint: -lambda*CE(D_p) is part of the one loss AdamW steps on (paper)")
         lambda_floor: Literal["keep", "remove"] = Field(
             "keep", description="keep: lambda = exp(-alpha*KL) (paper); remove: rescale so lambda reaches 0 where "
             "KL(f_theta||f_p) reaches its maximum, log(1/min_c f_p(c|x)) (otherwise lambda never falls below "
@@ -113,6 +114,8 @@ class RGA(Unlearning):
         self.lora = []
         self._moments: dict = {}
         self._ascent_steps = 0
+        self._accelerator = None
+        self._pending = None  # [params, summed ascent gradients, summed lambda, micro-batches] until the step
 
     @property
     def needs_base(self) -> bool:
@@ -124,11 +127,9 @@ class RGA(Unlearning):
 
         self.lora = lora_layers(model) if is_peft(model) else []
         self._model = model
-        if self.settings.ascent_step == "separate" and self.stage is None:
-            raise ConfigError("rga.ascent_step=separate steps at the unlearn config's lr: build it with build_objective")
-        if self.settings.ascent_step == "separate" and accelerator is not None and accelerator.num_processes > 1:
-            # Its gradients are taken outside the loop's backward, so DDP would not average them.
-            raise ConfigError("rga.ascent_step=separate runs on one process only")
+        # The separate ascent's gradient is taken outside the loop's backward, where DDP would not average
+        # it: on_optimiser_step averages it (and lambda) over the processes itself, through accelerate.
+        self._accelerator = accelerator if accelerator is not None and accelerator.num_processes > 1 else None
         if self.settings.beta > 0 and not self.lora:
             if not self.base_params:
                 raise BaseModelError(f"rga: theta_base is needed for the L2 term (rga.beta={self.settings.beta}); "
@@ -141,19 +142,36 @@ class RGA(Unlearning):
         lam, kl = rga_lambda(logits, self.reference(batch), s.alpha, s.kl_direction, s.lambda_mode, s.lambda_floor)
         logs.update({"lambda": lam.mean().item(), "kl": kl.mean().item()})
         if s.ascent_step == "separate":
-            self._ascend(ce_each, lam)
+            self._accumulate_ascent(ce_each, lam)
             return 0.0
         return -(lam * ce_each.mean()) if s.lambda_mode == "batch" else -(lam * ce_each).mean()
 
-    def _ascend(self, ce_each, lam) -> None:
-        """theta += lr * mean(lambda) * Adam-normalised grad of the lambda-weighted CE(D_p), with moments of
-        its own: lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
-        if self.stage.scheduler != "constant":
-            raise ConfigError("rga.ascent_step=separate steps the ascent at unlearn.lr itself; it needs scheduler=constant")
-        scale = lam.mean()
+    def _accumulate_ascent(self, ce_each, lam) -> None:
+        """Gradient of the lambda-weighted CE(D_p), summed over the micro-batches of one optimiser step."""
         weights = (lam / lam.sum()).expand_as(ce_each) if lam.dim() else torch.full_like(ce_each, 1 / len(ce_each))
         params = [p for p in self._model.parameters() if p.requires_grad]
         grads = torch.autograd.grad((weights * ce_each).sum(), params, allow_unused=True)
+        if self._pending is None:
+            self._pending = [params, [None] * len(params), 0.0, 0]
+        acc = self._pending[1]
+        for i, g in enumerate(grads):
+            if g is not None:
+                acc[i] = g if acc[i] is None else acc[i] + g
+        self._pending[2] += lam.mean().item()
+        self._pending[3] += 1
+
+    def on_optimiser_step(self, lr: float) -> None:
+        """theta += lr * mean(lambda) * Adam-normalised ascent gradient, with Adam moments of its own:
+        lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
+        if self._pending is None:
+            return
+        params, grads, lam_sum, n = self._pending
+        self._pending = None
+        grads = [None if g is None else g / n for g in grads]  # the mean over the step's micro-batches
+        scale = torch.tensor(lam_sum / n)
+        if self._accelerator is not None:  # every process takes the same step, as DDP's averaged one
+            scale = self._accelerator.reduce(scale.to(self._accelerator.device), "mean").cpu()
+            grads = [None if g is None else self._accelerator.reduce(g.contiguous(), "mean") for g in grads]
         b1, b2, eps = 0.9, 0.999, 1e-8  # torch's AdamW defaults, as the descent's optimiser
         self._ascent_steps += 1
         t = self._ascent_steps
@@ -165,7 +183,7 @@ class RGA(Unlearning):
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
-                p.add_(step, alpha=self.stage.lr * scale.item())
+                p.add_(step, alpha=lr * scale.item())
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
