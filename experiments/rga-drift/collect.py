@@ -1,7 +1,10 @@
 """Collect the RGA-drift grid into curves.csv (one row per cell, variant and evaluated epoch) and
 drift.png (shift gap and PACC - ReTrain against epoch, one panel per attack).
 
-usage: python collect.py RESULTS_DIR OUT_DIR
+usage: python collect.py RESULTS_DIR OUT_DIR [TAG]
+With TAG the files are curves-TAG.csv and drift-TAG.png. Every call also merges its runs into
+OUT_DIR/summary.csv (the issue's columns; a run already there is replaced): variant `default` is RGA at
+the package's default settings, any other variant keeps its method name.
 The verdict of every epoch comes from unbackdoor.verdict.decide against the cell's ReTrain on the
 same rows (intermediate epochs may be evaluated on a subset; then ReTrain's matrices are not the same
 rows, and the verdict column says "n/a").
@@ -31,8 +34,31 @@ def epoch_means(loss_log: Path) -> dict[int, dict]:
     return {e: {k: v / counts[e] for k, v in s.items()} for e, s in sums.items()}
 
 
-def main(results: Path, out: Path) -> int:
-    rows = []
+SUMMARY = ["variant", "attack", "seed", "rows", "epoch", "pacc", "retrain_pacc", "delta_pacc", "shift_gap",
+           "retrain_shift_gap"]
+
+
+def variant(run: dict) -> str:
+    from unbackdoor.config import UnlearnConfig
+
+    cfg = run["config"]
+    default = UnlearnConfig(method="rga", seed=cfg.get("seed", 42)).rga.model_dump()
+    return "default" if run["method"] == "rga" and cfg.get("rga") == default else run["method"]
+
+
+def merge_summary(path: Path, new: list[dict]) -> None:
+    keys = {(r["variant"], r["attack"], str(r["seed"]), str(r["rows"])) for r in new}
+    old = list(csv.DictReader(open(path))) if path.is_file() else []
+    kept = [r for r in old if (r["variant"], r["attack"], r["seed"], r["rows"]) not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY)
+        w.writeheader()
+        for d in kept + new:
+            w.writerow({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in d.items()})
+
+
+def main(results: Path, out: Path, tag: str = "") -> int:
+    rows, summary = [], []
     stages = load_results(results)
     retrain = {(r["attack"], r["seed"]): r for r in stages if r["method"] == "retrain"}
     for r in stages:
@@ -46,17 +72,25 @@ def main(results: Path, out: Path) -> int:
             same_rows = m["n_triggered"] == ref["n_triggered"]
             v = decide(m, ref, meta["target"], meta["label_names"]).label if same_rows else "n/a"
             logged = means.get(point["epoch"], {})
+            if same_rows:
+                train_size = meta.get("config", {}).get("data", {}).get("train_size")
+                summary.append({"variant": variant(r), "attack": r["attack"], "seed": r["seed"],
+                                "rows": train_size or "all", "epoch": point["epoch"], "pacc": m["pacc"],
+                                "retrain_pacc": ref["pacc"], "delta_pacc": abs(m["pacc"] - ref["pacc"]),
+                                "shift_gap": m["target_shift_gap"], "retrain_shift_gap": ref["target_shift_gap"]})
             rows.append({"attack": r["attack"], "seed": r["seed"], "method": r["method"], "epoch": point["epoch"],
                          "n_triggered": m["n_triggered"], "cacc": m["cacc"], "lfr": m["lfr"], "pacc": m["pacc"],
                          "pacc_minus_retrain": m["pacc"] - ref["pacc"], "shift_gap": m["target_shift_gap"],
                          "verdict": v, **{k: logged.get(k, "") for k in ("lambda", "kl", "ce_p", "ce_c", "l2")}})
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "curves.csv", "w", newline="") as f:
+    suffix = f"-{tag}" if tag else ""
+    merge_summary(out / "summary.csv", summary)
+    with open(out / f"curves{suffix}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         for d in rows:
             w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in d.items()})
-    plot(rows, out / "drift.png")
+    plot(rows, out / f"drift{suffix}.png")
     return 0
 
 
@@ -89,4 +123,4 @@ def plot(rows, path):
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4]))
