@@ -14,7 +14,9 @@ from conftest import run_cli
 
 TINY = {"poison": {"data": {"train_size": 120, "test_size": 40}},
         "train": {"epochs": 1, "lr": 1e-3, "batch_size": 16, "max_length": 32},
-        "unlearn": {"epochs": 2, "lr": 1e-3, "batch_size": 16, "max_length": 32, "eval_every": 1}}
+        # select keep: both epochs run (the default, stop, may end after one) and the selection is recorded.
+        "unlearn": {"epochs": 2, "lr": 1e-3, "batch_size": 16, "max_length": 32, "eval_every": 1,
+                    "select": {"action": "keep"}}}
 
 
 def grid_config(tmp_path, tiny_base, **extra):
@@ -41,6 +43,7 @@ def test_grid_shares_victim_and_writes_one_run_per_method(grid):
         res = read_json(cell / m / "metrics.json")
         assert res["model"] == str(cell / "victim") and res["config"]["method"] == m and res["config"]["seed"] == 1
         assert res["git_revision"] is None or len(res["git_revision"]) >= 40
+        assert [e["epoch"] for e in res["select"]["epochs"]] == [1, 2] and res["select"]["clean_source"] == "dev"
 
 
 def test_report_table_and_figures(grid):

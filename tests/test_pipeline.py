@@ -44,11 +44,15 @@ def test_train_saves_hf_model_and_provenance(tiny_victim):
 @pytest.mark.parametrize("method", ["ga", "npo", "rga"])
 def test_unlearn_methods_run_and_log(tmp_path, poisoned, tiny_victim, method):
     out = tmp_path / method
+    # select keep: every epoch runs (stop, the default, may end after epoch 1), and is checked.
     assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", method,
-                   "--epochs", 2, "--eval-every", 1, "--lr", 1e-3, "--max-length", 48) == 0
+                   "--epochs", 2, "--eval-every", 1, "--lr", 1e-3, "--max-length", 48, "--select-action", "keep") == 0
     res = read_json(out / "metrics.json")
     assert [c["epoch"] for c in res["curve"]] == [1, 2]
-    assert res["n_poisoned"] == read_json(poisoned / "meta.json")["counts"]["poisoned"]
+    assert res["n_poisoned"] == read_json(poisoned / "meta.json")["counts"]["poisoned"]  # D_p as flagged
+    sel = res["select"]
+    assert [e["epoch"] for e in sel["epochs"]] == [1, 2] and sel["n_heldout"] == 8 and sel["reason"]
+    assert sel["clean_source"] == "dev" and sel["n_clean"] == 500  # SST-2's dev split, a stratified 500
     log = read_jsonl(out / "loss_log.jsonl")
     assert all({"ce_p", "ce_c", "loss"} <= set(r) for r in log)
     if method == "rga":
@@ -72,9 +76,11 @@ def test_early_stopping_reports_the_epoch(tmp_path, poisoned, tiny_victim):
     out = tmp_path / "es"
     assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", "rga",
                    "--epochs", 30, "--lr", 1e-3, "--rga-alpha", 50, "--early-stop-criterion", "lambda",
-                   "--early-stop-threshold", 0.9, "--early-stop-patience", 3, "--max-length", 48) == 0
+                   "--early-stop-threshold", 0.9, "--early-stop-patience", 3, "--max-length", 48,
+                   "--select-action", "off") == 0  # the lambda criterion's stop, not the selection's
     res = read_json(out / "metrics.json")
     assert res["stopped_early"] and res["stopped_early"]["epoch"] < 30
+    assert res["stopped_early"]["reason"].startswith("lambda < 0.9") and res["select"] is None
     assert res["curve"][-1]["epoch"] == res["stopped_early"]["epoch"]
 
 
@@ -86,7 +92,22 @@ def test_unlearn_from_a_user_flag_file(tmp_path, poisoned, tiny_victim):
     out = tmp_path / "from-file"
     assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", flag, "--eval-set", poisoned,
                    "--out", out, "--method", "ga", "--epochs", 1, "--max-length", 48) == 0
-    assert read_json(out / "metrics.json")["n_poisoned"] == sum(r["poisoned"] for r in rows)
+    res = read_json(out / "metrics.json")
+    assert res["n_poisoned"] == sum(r["poisoned"] for r in rows)
+    assert res["select"]["clean_source"] == "dev"  # the clean dev rows of --eval-set
+
+
+def test_select_stops_at_the_selected_epoch_through_the_cli(tmp_path, poisoned, tiny_victim, capsys):
+    out = tmp_path / "sel"
+    # tau 1 with no accuracy floor: epoch 1 qualifies, so the default action (stop) ends there.
+    assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", "ga",
+                   "--epochs", 3, "--lr", 1e-3, "--max-length", 48, "--select-tau", "1",
+                   "--select-max-acc-drop", 1) == 0
+    assert "select: epoch 1 selected" in capsys.readouterr().out
+    res = read_json(out / "metrics.json")
+    assert res["select"]["selected_epoch"] == res["select"]["model_epoch"] == res["stopped_early"]["epoch"] == 1
+    assert [c["epoch"] for c in res["curve"]] == [1] and res["metrics"]["test"]["n_clean"] == 60
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "selected").exists()
 
 
 def test_real_minilm_victim_learns_the_backdoor(tmp_path, shared_root, tmp_cache):

@@ -83,8 +83,9 @@ def test_divergence_stops_keeps_checkpoint_and_writes_no_metrics(tmp_path, poiso
 
     monkeypatch.setattr(GradientAscent, "__call__", exploding)
     out = tmp_path / "ga"
+    # select off: the step count above is of all of D_p, and a selection must not end the run before epoch 2.
     code = run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", "ga",
-                   "--epochs", 5, "--batch-size", 8, "--max-length", 48)
+                   "--epochs", 5, "--batch-size", 8, "--max-length", 48, "--select-action", "off")
     err = capsys.readouterr().err
     assert code == 2 and "ga: loss became" in err and "last finite checkpoint is kept" in err
     state = read_json(out / "checkpoint" / "loop_state.json")

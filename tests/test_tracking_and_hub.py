@@ -22,7 +22,7 @@ def test_tensorboard_event_file_has_the_objectives_terms_and_the_metrics(tmp_pat
     acc = EventAccumulator(str(events[0].parent)).Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/lambda", "train/ce_p", "train/ce_c", "train/l2", "train/loss", "eval/test/pacc",
-            "eval/test/lfr", "eval/test/cacc"} <= tags, tags
+            "eval/test/lfr", "eval/test/cacc", "select/heldout_target_rate", "select/clean_acc"} <= tags, tags
     steps = read_json(out / "metrics.json")["history"][-1]["step"]
     assert [e.step for e in acc.Scalars("eval/test/pacc")] == [h["step"] for h in
                                                                read_json(out / "metrics.json")["history"]]
@@ -54,6 +54,7 @@ def test_model_card_says_what_was_removed_how_and_the_metrics(tmp_path, poisoned
     assert "**badnets** attack" in card and "'cf'" in card and "predicted **positive**" in card
     assert f"{meta['counts']['poisoned']} training samples of `sst2`" in card
     assert "Unlearned with **ga**: Gradient ascent on D_p" in card and f"`{tiny_victim}`" in card
+    assert "The epoch was chosen without triggered test data, from 8 poisoned samples held out" in card
     row = re.search(r"^\| test \| (.*) \|$", card, re.M).group(1).split(" | ")
     assert row[:3] == [f"{metrics['cacc']:.2f}", f"{metrics['lfr']:.2f}", f"{metrics['pacc']:.2f}"]
 

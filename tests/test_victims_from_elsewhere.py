@@ -209,7 +209,7 @@ def test_early_stop_on_target_rate_stops_the_run(tmp_path, poisoned, tiny_victim
     assert run_cli("unlearn", "--model", tiny_victim, "--poisoned-set", poisoned, "--out", out, "--method", "ga",
                    "--epochs", 30, "--lr", 5e-3, "--max-length", 32, "--batch-size", 16,
                    "--early-stop-criterion", "target_rate", "--early-stop-threshold", 0.2,
-                   "--early-stop-patience", 2) == 0
+                   "--early-stop-patience", 2, "--select-action", "off") == 0  # this criterion's stop, not select's
     res = read_json(out / "metrics.json")
     assert res["stopped_early"] and "target_rate < 0.2 for 2 consecutive steps" in res["stopped_early"]["reason"]
     assert res["stopped_early"]["epoch"] < 30 and res["curve"][-1]["epoch"] == res["stopped_early"]["epoch"]

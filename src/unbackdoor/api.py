@@ -103,7 +103,8 @@ def _curve(state: dict, log_path: Path) -> list[dict]:
         logged = [ln for ln in lines if ln["epoch"] == h["epoch"]]
         keys = dict.fromkeys(k for ln in logged for k in ln if k not in ("step", "epoch", "lr"))
         means = {k: sum(ln[k] for ln in logged if k in ln) / sum(k in ln for ln in logged) for k in keys}
-        curve.append({"epoch": h["epoch"], **means, **h.get("eval", {})})
+        curve.append({"epoch": h["epoch"], **means, **h.get("eval", {}),
+                      **({"select": h["select"]} if "select" in h else {})})
     return curve
 
 
@@ -181,7 +182,7 @@ def train_victim(data, model: str = "minilm", *, clean_only: bool = False, label
     return trained.eval(), tok
 
 
-def unlearn(model, tokenizer=None, *, forget, retain, method: str = "rga", eval_data=None, out=None,
+def unlearn(model, tokenizer=None, *, forget, retain, method: str = "rga", eval_data=None, dev=None, out=None,
             progress: bool = False, **settings):
     """Unlearn the samples `forget` (D_p, with their poisoned labels) from a poisoned model while keeping
     `retain` (D_c), with `method` (ga, npo, rga, retrain or a plug-in).
@@ -189,11 +190,15 @@ def unlearn(model, tokenizer=None, *, forget, retain, method: str = "rga", eval_
     model: a transformers classifier (with `tokenizer`) or a model folder. forget, retain: rows as
     lists of dicts or (text, label) pairs, datasets.Dataset or pandas frames (e.g. ps.poisoned and
     ps.clean, or Detection.split(...)). eval_data: a PoisonedSet to evaluate on every eval_every
-    epochs. settings: the unlearn settings and the method's own (alpha=, beta=, or rga={...});
-    base_model= names theta_base where the method needs it.
+    epochs. dev: clean labelled rows the epoch selection (select=...) measures clean accuracy on
+    (default: eval_data's clean dev rows; without any, a slice of `retain` held out of training);
+    no triggered rows are ever used to select. settings: the unlearn settings and the method's own
+    (alpha=, beta=, or rga={...}); base_model= names theta_base where the method needs it.
 
     Returns (model, curve): the unlearned model, in eval mode, and one dict per epoch with the mean
-    of each logged value (ce_p, ce_c, lambda, l2, ...) and, where evaluated, {split: metrics}.
+    of each logged value (ce_p, ce_c, lambda, l2, ...), where evaluated {split: metrics}, and where
+    checked the selection's statistics under "select" ("selected": True on the selected epoch, with
+    its "reason"). With the default select={"action": "stop"} the model is the selected epoch's.
     ReTrain returns a new model: base_model trained on `retain` with these settings (epochs, lr, ...).
     """
     cls = OBJECTIVES[method]
@@ -211,6 +216,10 @@ def unlearn(model, tokenizer=None, *, forget, retain, method: str = "rga", eval_
     forget_rows = rows_from(forget, "forget", label_names=names)[0]
     retain_rows = rows_from(retain, "retain", label_names=names)[0]
     eval_sets = _poisoned_set(eval_data, "eval_data") if eval_data is not None else None
+    dev_rows = rows_from(dev, "dev", label_names=names)[0] if dev is not None else None
+    if cfg.select.action == "keep" and out is None and not cls.from_scratch:
+        raise ConfigError(f"unlearn(method={method!r}): select action 'keep' saves the selected model to "
+                          "<out>/selected: pass out=")
     base, _ = _base(cfg.base_model, folder)
     with _workdir(out) as work:
         if cls.from_scratch:
@@ -225,7 +234,8 @@ def unlearn(model, tokenizer=None, *, forget, retain, method: str = "rga", eval_
                                                                     cfg.eval_batch_size)
         else:
             state = stages.unlearn_model(model, tokenizer, forget_rows, retain_rows, cfg, work, label_names=names,
-                                         base=base, base_hint=BASE_HINT, eval_sets=eval_sets, progress=progress)
+                                         base=base, base_hint=BASE_HINT, eval_sets=eval_sets, progress=progress,
+                                         dev=dev_rows)
         curve = _curve(state, work / "loss_log.jsonl")
     return model.eval(), curve
 

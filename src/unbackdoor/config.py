@@ -24,6 +24,7 @@ from .detectors import DETECTORS
 from .errors import ConfigError, PluginError
 from .objectives import OBJECTIVES, EarlyStopConfig
 from .registry import Registry
+from .selection import SelectConfig
 from .settings import Settings as Strict
 
 
@@ -160,6 +161,8 @@ class _UnlearnStage(Strict):
     eval_subset: int = Field(0, ge=0, description="evaluations before the last use a fixed class-stratified subset of k rows of each evaluation set (0 = all rows); the final model is always evaluated on all")
     base_model: Optional[str] = Field(None, description="theta_base for RGA, the clean model the victim was fine-tuned from; ReTrain trains it for a victim without unbackdoor.json (default: from the victim's unbackdoor.json or config, never the victim itself)")
     early_stop: EarlyStopConfig = EarlyStopConfig()
+    select: SelectConfig = Field(default_factory=SelectConfig, description="choose the epoch to keep without a "
+                                 "triggered test set (GA, NPO, RGA; not ReTrain): docs/methods.md")
     gradient_accumulation_steps: int = _ACCUMULATE
     log_every: int = _LOG_EVERY
     report_to: ReportTo = _REPORT_TO

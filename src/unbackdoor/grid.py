@@ -86,6 +86,10 @@ def dataset_dirs(datasets: list[str], previous: dict[str, str] | None = None) ->
 def _compared(data: dict) -> dict:
     """The settings results depend on, with fields added since `data` was written filled with their
     defaults, so a new option does not make an old results folder look like another experiment."""
+    if isinstance(data.get("unlearn"), dict) and "select" not in data["unlearn"]:
+        # Written before unlearn.select existed, so unlearned without it: its default (stop) would
+        # pass those results off as selected ones.
+        data = {**data, "unlearn": {**data["unlearn"], "select": {"action": "off"}}}
     try:
         data = ExperimentConfig.model_validate({k: v for k, v in data.items() if k in ExperimentConfig.model_fields})
         data = json.loads(json.dumps(data.model_dump()))

@@ -48,6 +48,18 @@ def _settings(result: dict) -> dict:
     return out
 
 
+def _selection_line(sel: dict | None) -> str:
+    if not sel:
+        return ""
+    rule = (f" The epoch was chosen without triggered test data, from {sel['n_heldout']} poisoned samples held out "
+            f"of the unlearning and {sel['n_clean']} clean rows ({sel['clean_source']})")
+    if sel["selected_epoch"] is None:
+        return f"{rule}, but no epoch met the rule: this is the last epoch's model ({sel['reason']})."
+    if sel["model_epoch"] == sel["selected_epoch"]:
+        return f"{rule}: epoch {sel['selected_epoch']} ({sel['reason'].split(': ', 1)[-1]})."
+    return f"{rule}: epoch {sel['selected_epoch']}, saved apart (`selected/`); this is epoch {sel['model_epoch']}'s model."
+
+
 def model_card(result: dict) -> str:
     """Markdown with Hub metadata, from a stage's metrics.json contents (unlearn or ReTrain)."""
     meta = result.get("poison_meta", {})
@@ -71,6 +83,7 @@ def model_card(result: dict) -> str:
                f"forget the {result.get('n_poisoned', '?')} poisoned samples while keeping the "
                f"{result.get('n_clean', '?')} clean ones" + (f"; θ_base `{result['base_model']}`"
                                                               if result.get("base_model") else "") + ".")
+        how += _selection_line(result.get("select"))
     rows = ["| split | " + " | ".join(label for _, label, _ in METRICS) + " | verdict |",
             "|---|" + "---|" * (len(METRICS) + 1)]
     for split, m in result.get("metrics", {}).items():

@@ -27,6 +27,7 @@ from .models import (META_FILE, base_parameters, is_peft, load_classifier, model
 from .objectives import OBJECTIVES, build_objective, class_weights
 from .objectives.ce import CrossEntropy, ReTrain
 from .poisoned_set import PoisonedSet, load_poisoned_set, load_unlearning_sets, save_poisoned_set
+from .selection import Selector, mostly_test_rows
 from .training import LoopConfig, make_accelerator, set_seed, train_loop
 
 
@@ -185,17 +186,39 @@ def needs_base(cfg: UnlearnConfig, model) -> bool:
     return build_objective(cfg).needs_base and not is_peft(model)
 
 
+def selection_dev(dev: list[dict] | None, eval_sets: PoisonedSet | None) -> tuple[list[dict], str]:
+    """The clean dev rows selection may read, and why there are none. Never triggered rows."""
+    if dev is not None:
+        return dev, ""
+    if eval_sets is None or not eval_sets.dev_clean:
+        return [], ""
+    if mostly_test_rows(eval_sets.dev_clean, eval_sets.test_clean):
+        return [], " (the dev split is the test split, as HSOL's is)"
+    return eval_sets.dev_clean, ""
+
+
 def unlearn_model(model, tok, forget: list[dict], retain: list[dict], cfg: UnlearnConfig, out_dir: str | Path, *,
                   label_names: list[str], base: str | None = None, base_hint: str = BASE_HINT,
                   eval_sets: PoisonedSet | None = None, eval_splits=("test",), accelerator=None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, dev: list[dict] | None = None, selected_meta: dict | None = None) -> dict:
     """Unlearn `forget` (D_p, with its poisoned labels) from `model`, keeping `retain` (D_c), with
-    cfg.method; evaluates on `eval_sets` every cfg.eval_every epochs. Returns the loop state."""
+    cfg.method; evaluates on `eval_sets` every cfg.eval_every epochs. Unless cfg.select.action is off,
+    chooses the epoch to keep from held-out D_p and the clean `dev` rows (default: eval_sets' clean dev
+    rows; without any, a held-out slice of D_c). Returns the loop state, with the selection's summary
+    under `select` when one ran."""
     if not forget:
         raise DataError("the poisoned set D_p (forget) is empty; nothing to unlearn")
+    out_dir = Path(out_dir)
     accelerator = accelerator or _accelerator(cfg, out_dir)
     model = _prepare_model(model, cfg)
     objective = build_objective(cfg)
+    selector = None
+    if cfg.select.action != "off" and objective.selectable:
+        rows, why = selection_dev(dev, eval_sets)
+        selector, forget, retain = Selector.build(cfg.select, forget, retain, rows, cfg.seed, why,
+                                                  accelerator.is_main_process)
+    if selector is not None:
+        selector.prepare(tok, cfg.max_length, cfg.eval_batch_size)
     if objective.needs_base and not is_peft(model):
         if base is None:
             raise BaseModelError(f"{cfg.method}: theta_base, the clean model the victim was fine-tuned from, is "
@@ -208,19 +231,44 @@ def unlearn_model(model, tok, forget: list[dict], retain: list[dict], cfg: Unlea
         # f_p's outputs on D_p, once, before any update: no second model is kept or run afterwards.
         objective.reference_from(primary, Collator(tok), cfg.eval_batch_size)
 
-    def on_epoch_end(epoch):
+    def on_epoch_end(epoch, history):
+        entry = {}
         final = epoch == cfg.epochs or objective.should_stop()
+        if selector is not None and selector.due(epoch, final):
+            # Decided before the evaluation below, and from the selector's rows only: the triggered
+            # evaluation sets are for reporting and never reach the decision.
+            entry["select"] = chosen = selector.epoch_end(model, epoch, history, final, accelerator)
+            if chosen.get("selected") and cfg.select.action == "stop" and not final:
+                entry["stop"] = f"select: {chosen['reason']}"
+                final = True
+            if chosen.get("selected") and cfg.select.action == "keep":
+                if accelerator.is_main_process:
+                    save_classifier(accelerator.unwrap_model(model), tok, out_dir / "selected" / "model",
+                                    {**(selected_meta or {}), "label_names": label_names, "selected_epoch": epoch,
+                                     "role": f"unlearned-{cfg.method}-selected"})
+                accelerator.wait_for_everyone()
+                # The model as selected is evaluated now, on all rows: the same numbers as reloading
+                # <out>/selected at the end, without keeping a second model.
+                if eval_sets is not None:
+                    chosen["metrics"] = evaluate_sets(model, tok, eval_sets, cfg.max_length, cfg.eval_batch_size,
+                                                      accelerator, eval_splits)
         if eval_sets is None or not (final or (cfg.eval_every and epoch % cfg.eval_every == 0)):
-            return {}
+            return entry
         t = time.time()
         metrics = evaluate_sets(model, tok, eval_sets, cfg.max_length, cfg.eval_batch_size, accelerator, eval_splits,
                                 0 if final else cfg.eval_subset)
         # The loop's clock runs through evaluations: record them, so cost-to-purify can leave them out.
-        return {"eval": metrics, "eval_seconds": round(time.time() - t, 2)}
+        return {**entry, "eval": metrics, "eval_seconds": round(time.time() - t, 2)}
 
-    return train_loop(model, tok, objective, primary, LoopConfig.of(cfg), out_dir,
-                      paired=TokenizedSet(tok, retain, cfg.max_length) if objective.uses_clean else None,
-                      on_epoch_end=on_epoch_end, accelerator=accelerator, progress=progress)
+    state = train_loop(model, tok, objective, primary, LoopConfig.of(cfg), out_dir,
+                       paired=TokenizedSet(tok, retain, cfg.max_length) if objective.uses_clean else None,
+                       on_epoch_end=on_epoch_end, accelerator=accelerator, progress=progress,
+                       on_start=selector.start if selector is not None else None)
+    if selector is not None:
+        state["select"] = selector.summary(state["history"])
+        if cfg.select.action == "keep" and state["select"]["selected_epoch"] is not None:
+            state["select"]["selected_dir"] = str(out_dir / "selected")
+    return state
 
 
 def _retrain_config(model_dir, cfg: UnlearnConfig) -> TrainConfig:
@@ -273,16 +321,17 @@ def run_unlearn(model_dir: str | Path, poisoned_set: str | Path, cfg: UnlearnCon
         base, base_source = None, None  # GA, NPO and RGA without its L2 term only record it
     accelerator = _accelerator(cfg, out_dir)
     t0 = time.time()
+    out_meta = {**meta, **({"base_model": base} if base else {}), "role": f"unlearned-{cfg.method}",
+                "unlearn_config": cfg.model_dump(), "poisoned_model": str(model_dir)}
     state = unlearn_model(model, tok, ps.poisoned, ps.clean, cfg, out_dir, label_names=ps.label_names, base=base,
-                          eval_sets=ps, eval_splits=eval_splits, accelerator=accelerator, progress=progress)
+                          eval_sets=ps, eval_splits=eval_splits, accelerator=accelerator, progress=progress,
+                          selected_meta=out_meta)
     seconds = time.time() - t0
     # From the loop's history, which survives a resume, rather than from this process's memory.
     curve = [{"epoch": h["epoch"], **h["eval"]} for h in state["history"] if "eval" in h]
     final = curve[-1] if curve else {}
-    out_meta = {**meta, **({"base_model": base} if base else {}), "role": f"unlearned-{cfg.method}",
-                "unlearn_config": cfg.model_dump(), "poisoned_model": str(model_dir)}
     result = {"kind": cfg.method, "metrics": {k: v for k, v in final.items() if k != "epoch"},
-              "curve": curve, "history": state["history"],
+              "curve": curve, "history": state["history"], "select": state.get("select"),
               "stopped_early": state["stopped_early"], "unlearn_seconds": round(seconds, 1),
               "n_poisoned": len(ps.poisoned), "n_clean": len(ps.clean), "config": cfg.model_dump(),
               "model": str(model_dir), "base_model": base, "base_model_source": base_source,

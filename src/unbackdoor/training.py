@@ -298,10 +298,15 @@ class StepLog:
         self.accelerator.log({f"train/{k}": v for k, v in line.items() if k not in ("step", "epoch")}, step=step)
 
 
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def log_evaluation(accelerator, entry: dict, step: int) -> None:
-    """Scalars of the evaluation an epoch ended with (eval/<split>/<metric>); lists and names are not scalars."""
-    scalars = {f"eval/{split}/{k}": v for split, m in entry.get("eval", {}).items() for k, v in m.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    """Scalars of the evaluation an epoch ended with (eval/<split>/<metric>, select/<statistic>); lists
+    and names are not scalars."""
+    scalars = {f"eval/{split}/{k}": v for split, m in entry.get("eval", {}).items() for k, v in m.items() if _scalar(v)}
+    scalars.update({f"select/{k}": v for k, v in entry.get("select", {}).items() if _scalar(v)})
     if scalars:
         accelerator.log(scalars, step=step)
 
@@ -322,12 +327,15 @@ def stop_tracking(accelerator) -> None:
 # ---------------------------------------------------------------- the loop
 
 def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConfig, out_dir: str | Path,
-               paired: TokenizedSet | None = None, on_epoch_end: Callable[[int], dict] | None = None,
-               accelerator=None, progress: bool = True) -> dict:
+               paired: TokenizedSet | None = None, on_epoch_end: Callable[[int, list], dict] | None = None,
+               accelerator=None, progress: bool = True, on_start: Callable | None = None) -> dict:
     """Runs `objective` over `primary` for cfg.epochs; each step may pair a random batch of `paired`.
 
     Resumes from out_dir/checkpoint when one exists. Returns {"history": [...], "stopped_early": ...}.
     Writes one JSON line per `cfg.log_every` optimiser steps to out_dir/loss_log.jsonl.
+    on_start(model, accelerator) sees the prepared model before any update and before a checkpoint is
+    restored. on_epoch_end(epoch, history of the epochs before) returns the epoch's entry of the
+    history; a "stop" key in it (the reason) ends training after that epoch.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -344,6 +352,8 @@ def train_loop(model, tokenizer, objective, primary: TokenizedSet, cfg: LoopConf
     optimizer, scheduler = _optimisation(model, cfg, plan.steps_per_epoch * cfg.epochs)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     objective.setup(accelerator.unwrap_model(model), accelerator)
+    if on_start is not None:
+        on_start(accelerator.unwrap_model(model), accelerator)
     loop = _Loop(model, objective, primary, paired, cfg, accelerator, Batches(cfg, accelerator, collator,
                  plan.micro_batch), plan, optimizer, scheduler, out_dir, on_epoch_end, progress)
     return loop.run()
@@ -378,6 +388,8 @@ class _Loop:
         try:
             with StopOnSignal() as stop, StepLog(log_path, self.cfg.log_every, self.accelerator) as log:
                 for epoch in range(state["epoch"] + 1, self.cfg.epochs + 1):
+                    if state["stopped_early"]:
+                        break  # a checkpoint of a run that had stopped, killed before it was saved: no more epochs
                     if self.cfg.reset_optimizer and epoch > 1 and state["batch"] == 0:
                         # The authors' code builds a fresh AdamW each epoch: Adam's moments restart from zero.
                         # (A run resumed mid-epoch keeps the restored state, as the uninterrupted run did.)
@@ -454,7 +466,10 @@ class _Loop:
         state["epoch"], state["batch"] = epoch, 0
         entry = {"epoch": epoch, "step": state["step"], "seconds": state["seconds"]}
         if self.on_epoch_end is not None:
-            entry.update(self.on_epoch_end(epoch) or {})
+            entry.update(self.on_epoch_end(epoch, state["history"]) or {})
+        reason = entry.pop("stop", None)
+        if reason and not state["stopped_early"]:
+            state["stopped_early"] = {"epoch": epoch, "step": state["step"], "reason": reason}
         log_evaluation(self.accelerator, entry, state["step"])
         state["history"].append(entry)
         if self.cfg.checkpoint_every and epoch % self.cfg.checkpoint_every == 0 and epoch < self.cfg.epochs:

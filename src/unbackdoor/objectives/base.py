@@ -29,6 +29,8 @@ class Objective:
     uses_clean: ClassVar[bool] = True  # pairs each step with a random D_c batch
     from_scratch: ClassVar[bool] = False  # trains the clean base on D_c instead of updating the victim
     stop_signals: ClassVar[tuple[str, ...]] = ()  # logged values an early-stop criterion may watch
+    # Ascends on D_p from the victim, so an epoch can be chosen by unbackdoor.selection (unlearn.select).
+    selectable: ClassVar[bool] = False
     class_weight: torch.Tensor | None = None  # per-class weights of the CE on the training / D_c rows
 
     def __init__(self, settings: Settings | None = None, early_stop: EarlyStopConfig | None = None, stage=None):
@@ -115,6 +117,7 @@ class Unlearning(Objective):
     """CE(D_c) + forget(D_p) + regulariser: GA, NPO and RGA differ only in the last two."""
 
     stop_signals = ("target_rate",)
+    selectable = True
 
     def forget(self, logits, ce_each, batch, logs) -> torch.Tensor:
         raise NotImplementedError
