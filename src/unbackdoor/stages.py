@@ -204,22 +204,25 @@ def unlearn_model(model, tok, forget: list[dict], retain: list[dict], cfg: Unlea
     if cfg.class_weights == "balanced":
         objective.class_weight = class_weights([r["label"] for r in retain], len(label_names))
     primary = TokenizedSet(tok, forget, cfg.max_length)
-    if objective.needs_reference:
-        # f_p's outputs on D_p, once, before any update: no second model is kept or run afterwards.
-        objective.reference_from(primary, Collator(tok), cfg.eval_batch_size)
+    paired = TokenizedSet(tok, retain, cfg.max_length) if objective.uses_clean else None
+    # setup() reads them before any update (f_p's outputs on D_p, once: no second model is kept or run).
+    objective.data_from(primary, paired, Collator(tok), cfg.eval_batch_size)
 
     def on_epoch_end(epoch):
         final = epoch == cfg.epochs or objective.should_stop()
-        if eval_sets is None or not (final or (cfg.eval_every and epoch % cfg.eval_every == 0)):
+        evaluated = eval_sets is not None and (final or (cfg.eval_every and epoch % cfg.eval_every == 0))
+        if not (final or evaluated):
             return {}
-        t = time.time()
-        metrics = evaluate_sets(model, tok, eval_sets, cfg.max_length, cfg.eval_batch_size, accelerator, eval_splits,
-                                0 if final else cfg.eval_subset)
+        with objective.result(model, final):  # e.g. the negated task vector, kept when final
+            if not evaluated:
+                return {}
+            t = time.time()
+            metrics = evaluate_sets(model, tok, eval_sets, cfg.max_length, cfg.eval_batch_size, accelerator,
+                                    eval_splits, 0 if final else cfg.eval_subset)
         # The loop's clock runs through evaluations: record them, so cost-to-purify can leave them out.
         return {"eval": metrics, "eval_seconds": round(time.time() - t, 2)}
 
-    return train_loop(model, tok, objective, primary, LoopConfig.of(cfg), out_dir,
-                      paired=TokenizedSet(tok, retain, cfg.max_length) if objective.uses_clean else None,
+    return train_loop(model, tok, objective, primary, LoopConfig.of(cfg), out_dir, paired=paired,
                       on_epoch_end=on_epoch_end, accelerator=accelerator, progress=progress)
 
 
