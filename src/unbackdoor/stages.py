@@ -20,7 +20,7 @@ from .attacks import build_poisoner, poison_dataset
 from .batches import Collator, TokenizedSet
 from .config import DetectConfig, PoisonConfig, TrainConfig, UnlearnConfig
 from .detectors import DETECTORS, Detection, build_detector, precision_recall_f1
-from .errors import BASE_HINT, BaseModelError, DataError
+from .errors import BASE_HINT, BaseModelError, ConfigError, DataError
 from .evaluation import degenerate_reason, delta_pacc, evaluate
 from .models import (META_FILE, base_parameters, is_peft, load_classifier, model_folder, resolve_base, run_meta,
                      save_classifier)
@@ -113,19 +113,97 @@ def judge(metrics: dict, reference: dict, ps: PoisonedSet) -> dict:
     return verdicts
 
 
+def against_retrain(probes: dict, reference: dict, ps: PoisonedSet) -> None:
+    """Add to each split's probe results ReTrain's relearned LFR and the excess over it, and judge each
+    trigger variant against ReTrain's metrics on the same variant."""
+    for split, m in probes.items():
+        ref = reference.get(split, {})
+        if any(k.startswith("relearn_lfr_") for k in ref) and ref.get("relearn_lr") != m.get("relearn_lr"):
+            raise ConfigError(f"relearning: ReTrain was relearned at lr {ref.get('relearn_lr')}, the model at "
+                              f"{m.get('relearn_lr')}; give both the same relearn_lr")
+        for key in [k for k in m if k.startswith("relearn_lfr_") and k in ref]:
+            k = key[len("relearn_lfr_"):]
+            m.update({f"retrain_relearn_lfr_{k}": ref[key], f"relearn_lfr_excess_{k}": m[key] - ref[key]})
+        if "trigger_variants" in m and "trigger_variants" in ref:
+            judge(m["trigger_variants"], ref["trigger_variants"], ps)
+
+
+def _evaluation_model(model_dir, ps: PoisonedSet, allow_pickle: bool = False):
+    model, tok, _ = load_classifier(str(model_folder(model_dir)), len(ps.label_names), ps.label_names,
+                                    allow_pickle=allow_pickle)
+    accelerator = make_accelerator()
+    # Its device and precision, not the CPU's.
+    return accelerator.prepare_model(model, evaluation_mode=True), tok, accelerator
+
+
+def _probe(model_dir, ps: PoisonedSet, cfg, lr: float, max_length: int, batch_size: int, splits,
+           allow_pickle: bool = False) -> dict:
+    from .probes import probe_model
+
+    model, tok, accelerator = _evaluation_model(model_dir, ps, allow_pickle)
+    return probe_model(model, tok, ps, cfg, lr=lr, max_length=max_length, batch_size=batch_size, splits=splits,
+                       accelerator=accelerator)
+
+
+def probe_against_retrain(model, tok, ps: PoisonedSet, cfg, lr: float, max_length: int, batch_size: int, splits,
+                          accelerator=None, retrain: str | Path | None = None, allow_pickle: bool = False) -> dict:
+    """The probes of `model` and, given a ReTrain run folder, of ReTrain too (the same K samples and lr),
+    compared with them."""
+    from .probes import probe_model
+
+    found = probe_model(model, tok, ps, cfg, lr=lr, max_length=max_length, batch_size=batch_size, splits=splits,
+                        accelerator=accelerator)
+    if retrain:
+        against_retrain(found, _probe(retrain, ps, cfg, lr, max_length, batch_size, splits, allow_pickle), ps)
+    return found
+
+
 def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Path | None = None,
                  splits=("test",), max_length: int = 128, batch_size: int = 128, retrain: str | Path | None = None,
-                 allow_pickle: bool = False) -> dict:
+                 allow_pickle: bool = False, probes=None) -> dict:
+    """probes: a probes.ProbeConfig (relearning, trigger variants), run on the model and, with `retrain`,
+    on the ReTrain model too, with the same samples and learning rate."""
     ps = load_poisoned_set(poisoned_set)
-    model, tok, _ = load_classifier(str(model_folder(model_dir)), len(ps.label_names), ps.label_names, allow_pickle=allow_pickle)
-    accelerator = make_accelerator()
-    model = accelerator.prepare_model(model, evaluation_mode=True)  # its device and precision, not the CPU's
+    if probes is not None and probes.relearn:
+        from .probes import relearn_pool
+
+        relearn_pool(ps, max(probes.relearn), probes.seed)  # a K larger than D_p fails before any model is loaded
+    model, tok, accelerator = _evaluation_model(model_dir, ps, allow_pickle)
     metrics = evaluate_sets(model, tok, ps, max_length, batch_size, accelerator, splits)
+    extra = {}
+    if probes is not None and probes.enabled:
+        from .probes import relearn_lr
+
+        lr = probes.relearn_lr or relearn_lr(run_meta(model_dir))
+        found = probe_against_retrain(model, tok, ps, probes, lr, max_length, batch_size, splits, accelerator, retrain,
+                                      allow_pickle)
+        for split, m in found.items():
+            metrics[split].update(m)
+        extra = {"probes": {**probes.model_dump(), "relearn_lr": lr}}
     if retrain:
         judge(metrics, read_json(Path(retrain) / "metrics.json")["metrics"], ps)
-    result = {"model": str(model_dir), "poisoned_set": str(poisoned_set), "metrics": metrics, **provenance()}
+    result = {"model": str(model_dir), "poisoned_set": str(poisoned_set), "metrics": metrics, **extra, **provenance()}
     if out:
         write_json(out, result)
+    return result
+
+
+def run_probes(stage_dir: Path, poisoned_set: str | Path, cfg, lr: float, max_length: int, batch_size: int,
+               splits=("test",), reference: dict | None = None, log=print) -> dict:
+    """The grid's probes of a finished stage, written to <stage>/probes.json (kept while the settings are
+    the same). reference: ReTrain's probe metrics, for the excess over ReTrain and the variants' verdicts."""
+    made = {**cfg.model_dump(), "relearn_lr": lr, "max_length": max_length, "splits": list(splits)}
+    path = Path(stage_dir) / "probes.json"
+    if path.is_file() and read_json(path).get("config") == made:
+        return read_json(path)
+    log(f"probing {Path(stage_dir).name}" + (f": relearning on K = {', '.join(map(str, cfg.relearn))}" if cfg.relearn
+                                                 else "") + (", trigger variants" if cfg.trigger_variants else ""))
+    ps = load_poisoned_set(poisoned_set)
+    metrics = _probe(stage_dir, ps, cfg, lr, max_length, batch_size, splits)
+    if reference is not None:
+        against_retrain(metrics, reference, ps)
+    result = {"config": made, "metrics": metrics, **provenance()}
+    write_json(path, result)
     return result
 
 
