@@ -82,6 +82,35 @@ def test_bad_relearn_k_is_a_clear_error(poisoned, tiny_victim, capsys, k, messag
     assert message in capsys.readouterr().err
 
 
+def test_grid_runs_the_new_methods_and_probes_every_model(tmp_path, tiny_base, shared_root, tmp_cache):
+    from safetensors.torch import load_file
+
+    from test_experiments import grid_config
+
+    methods = ["retrain", "finetune", "fineprune", "graddiff", "simnpo", "taskvector"]
+    cfg = grid_config(tmp_path, tiny_base, methods=methods, probes={"relearn": [8], "trigger_variants": True})
+    assert run_cli("run", cfg, "unlearn.epochs=1", "--no-report") == 0
+    cell = tmp_path / "results" / "sst2" / "badnets" / "seed1"
+    for stage in ["victim"] + methods:
+        assert read_json(cell / stage / "metrics.json")["metrics"]["test"]["cacc"] >= 0
+        probes = read_json(cell / stage / "probes.json")
+        assert probes["config"]["relearn_lr"] == 1e-3  # unlearn.lr, for every model alike
+        m = probes["metrics"]["test"]
+        assert "relearn_lfr_8" in m and set(m["trigger_variants"]) == {"start", "middle", "end", "other_word"}
+        if stage != "retrain":
+            assert "relearn_lfr_excess_8" in m and all("verdict" in v for v in m["trigger_variants"].values())
+    # Fine-Pruning's saved model has 20% of its last FFN layer's neurons at zero; the victim none.
+    zero = {}
+    for stage in ("victim", "fineprune"):
+        w = load_file(cell / stage / "model" / "model.safetensors")["bert.encoder.layer.1.intermediate.dense.weight"]
+        zero[stage] = int((w.abs().sum(1) == 0).sum())
+    assert zero == {"victim": 0, "fineprune": 13}  # round(0.2 * 64)
+    # A second run reuses the probes.
+    stamp = (cell / "taskvector" / "probes.json").stat().st_mtime_ns
+    assert run_cli("run", cfg, "unlearn.epochs=1", "--no-report") == 0
+    assert (cell / "taskvector" / "probes.json").stat().st_mtime_ns == stamp
+
+
 def test_python_api_probes_with_retrain_as_folder_or_metrics(poisoned, tiny_victim, retrain_run):
     import unbackdoor as ub
 
