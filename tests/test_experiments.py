@@ -157,7 +157,8 @@ def test_demo_wiring_on_a_tiny_configuration(tmp_path, tiny_base, shared_root, t
 def test_unknown_method_in_grid(tmp_path, tiny_base, capsys):
     cfg = grid_config(tmp_path, tiny_base, methods=["ga", "sga"])
     assert run_cli("run", cfg) == 2
-    assert "unknown method 'sga'; valid methods: ga, npo, retrain, rga" in capsys.readouterr().err
+    assert ("unknown method 'sga'; valid methods: fineprune, finetune, ga, graddiff, npo, retrain, rga, simnpo, "
+            "taskvector") in capsys.readouterr().err
 
 
 def test_named_variant_runs_as_its_own_row(tmp_path, tiny_base, shared_root, tmp_cache):

@@ -193,7 +193,8 @@ def test_reference_outputs_are_looked_up_not_recomputed():
 
 
 def test_unknown_method_and_misplaced_early_stop():
-    with pytest.raises(ConfigError, match="unknown unlearning method 'sgd'; valid methods: ga, npo, retrain, rga"):
+    with pytest.raises(ConfigError, match="unknown unlearning method 'sgd'; valid methods: fineprune, finetune, ga, "
+                                          "graddiff, npo, retrain, rga, simnpo, taskvector"):
         build_objective(UnlearnConfig(method="sgd"))
     with pytest.raises(ConfigError, match="needs method rga"):
         build_objective(UnlearnConfig(method="ga", early_stop={"criterion": "lambda"})).setup(TinyClassifier())

@@ -141,7 +141,8 @@ def test_entry_point_plugins_run_from_the_cli(tmp_path, poisoned, tiny_victim, s
                          capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
-    assert "methods:  ga, npo, retrain, rga, scaled_ga (entry point unbackdoor_shout:ScaledGA)" in out
+    assert ("methods:  fineprune, finetune, ga, graddiff, npo, retrain, rga, scaled_ga (entry point "
+            "unbackdoor_shout:ScaledGA), simnpo, taskvector") in out
     assert "shout (entry point unbackdoor_shout:Shout)" in out and "longest (entry point" in out
     assert "--scaled-ga-scale FLOAT" in out and "scaled_ga: factor on CE(D_p)" in out
 

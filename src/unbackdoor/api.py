@@ -241,20 +241,40 @@ def unlearn(model, tokenizer=None, *, forget, retain, method: str = "rga", eval_
 
 
 def evaluate(model, tokenizer=None, data=None, *, retrain=None, split: str = "test", max_length: int = 128,
-             batch_size: int = 128) -> tuple[dict, Verdict]:
+             batch_size: int = 128, relearn=(), trigger_variants: bool = False, **probe_settings) -> tuple[dict, Verdict]:
     """CACC, LFR, PACC, the confusion matrices and the trigger-shift gap of `model` on a poisoned set's
     clean and triggered `split`, and the verdict (backdoor, shifted, neutralised) against ReTrain.
 
     retrain: ReTrain's metrics (the dict this function returns for it) or a ReTrain run folder; without
     it the verdict is "no verdict". Returns (metrics, verdict); with retrain, metrics also has dPACC.
+
+    relearn: K values; for each, a copy of the model is fine-tuned on K poisoned training samples of `data`
+    and metrics gets relearn_lfr_K (relearn_cacc_K, relearn_pacc_K); with retrain as a run folder, its model
+    is relearned the same way (retrain_relearn_lfr_K, relearn_lfr_excess_K). trigger_variants: metrics gets
+    trigger_variants, one block of metrics per variant of the attack's trigger. probe_settings:
+    relearn_steps, relearn_lr, relearn_batch_size, seed (probes.ProbeConfig).
     """
+    from .probes import ProbeConfig, relearn_lr, relearn_pool
+
     ps = _poisoned_set(data, "data")
     if split not in ("test", "dev"):
         raise ConfigError(f"evaluate: split must be 'test' or 'dev', got {split!r}")
-    model, tokenizer, _ = _model(model, tokenizer)
+    probes = validate(ProbeConfig, {"relearn": list(relearn), "trigger_variants": trigger_variants, **probe_settings},
+                      source="evaluate probe settings")
+    if probes.relearn:
+        relearn_pool(ps, max(probes.relearn), probes.seed)  # a K larger than D_p fails before any work
+    model, tokenizer, folder = _model(model, tokenizer)
     metrics = stages.evaluate_sets(model, tokenizer, ps, max_length, batch_size, None, (split,)).get(split)
     if metrics is None:
         raise DataError(f"data: the poisoned set has no clean and triggered {split} rows to evaluate on")
+    if probes.enabled:
+        lr = probes.relearn_lr or relearn_lr(run_meta(folder) if folder else {})
+        folder_of_retrain = retrain if isinstance(retrain, (str, Path)) else None
+        found = stages.probe_against_retrain(model, tokenizer, ps, probes, lr, max_length, batch_size, (split,),
+                                             retrain=folder_of_retrain)
+        if isinstance(retrain, dict):  # what evaluate() returned for ReTrain, with the same probes
+            stages.against_retrain(found, {split: retrain}, ps)
+        metrics.update(found.get(split, {}))
     if retrain is None:
         return metrics, decide(metrics, None, ps.target, ps.label_names)
     if isinstance(retrain, (str, Path)):

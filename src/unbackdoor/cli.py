@@ -203,11 +203,29 @@ def detect(model_dir, poisoned_set, out, config_file, sets, **kw):
 @click.option("--batch-size", type=int, default=128)
 @click.option("--out", default=None, help="write the metrics JSON here")
 @click.option("--allow-pickle", is_flag=True)
-def evaluate_cmd(model_dir, poisoned_set, retrain, split, max_length, batch_size, out, allow_pickle):
-    """CACC, LFR, PACC, dPACC and the triggered-set confusion matrix of a saved model."""
+@click.option("--relearn", "relearn", multiple=True, metavar="K[,K...]",
+              help="removed or suppressed? fine-tune a copy on K poisoned training samples and measure LFR again "
+                   "(ReTrain too with --retrain); repeat or comma-separate for several K")
+@click.option("--relearn-steps", type=int, default=None, help="relearning optimiser steps [default: 20]")
+@click.option("--relearn-lr", type=float, default=None,
+              help="relearning lr [default: the model's unlearning lr, else its training lr]")
+@click.option("--relearn-batch-size", type=int, default=None, help="relearning batch, min(K, this) [default: 16]")
+@click.option("--probe-seed", type=int, default=None, help="seed of the relearning samples and the trigger variants "
+              "[default: 0]")
+@click.option("--trigger-variants", is_flag=True, help="also evaluate the trigger at the start, middle and end, half "
+              "an AddSent sentence, and a rare word that was never a trigger (badnets, addsent)")
+def evaluate_cmd(model_dir, poisoned_set, retrain, split, max_length, batch_size, out, allow_pickle, relearn,
+                 relearn_steps, relearn_lr, relearn_batch_size, probe_seed, trigger_variants):
+    """CACC, LFR, PACC, dPACC and the triggered-set confusion matrix of a saved model; with --relearn and
+    --trigger-variants, whether a removed backdoor comes back and how far removal reaches."""
+    from .probes import ProbeConfig
     from .stages import run_evaluate
 
-    res = run_evaluate(model_dir, poisoned_set, out, (split,), max_length, batch_size, retrain, allow_pickle)
+    data = {"relearn": [k.strip() for v in relearn for k in v.split(",") if k.strip()],
+            "trigger_variants": trigger_variants, "relearn_steps": relearn_steps, "relearn_lr": relearn_lr,
+            "relearn_batch_size": relearn_batch_size, "seed": probe_seed}
+    probes = validate(ProbeConfig, {k: v for k, v in data.items() if v is not None}, source="evaluate probe options")
+    res = run_evaluate(model_dir, poisoned_set, out, (split,), max_length, batch_size, retrain, allow_pickle, probes)
     _print_metrics(res["metrics"], str(model_dir))
 
 
@@ -293,6 +311,15 @@ def _print_metrics(metrics: dict, title: str) -> None:
             click.echo(f"  WARNING: degenerate model on {split}: {m['degenerate']}; its LFR and PACC mean nothing")
         if m.get("verdict_message"):
             click.echo(f"  verdict against ReTrain: {m['verdict_message']}")
+        for k in sorted(int(key[12:]) for key in m if key.startswith("relearn_lfr_") and key[12:].isdigit()):
+            ref = (f" (ReTrain {m[f'retrain_relearn_lfr_{k}']:.2f}, excess {m[f'relearn_lfr_excess_{k}']:+.2f})"
+                   if f"relearn_lfr_excess_{k}" in m else "")
+            click.echo(f"  relearned on {k} poisoned samples: LFR {m[f'relearn_lfr_{k}']:.2f}{ref}, "
+                       f"CACC {m[f'relearn_cacc_{k}']:.2f}")
+        for name, v in m.get("trigger_variants", {}).items():
+            click.echo(f"  trigger variant {name}: LFR {v['lfr']:.2f}  PACC {v['pacc']:.2f}  target shift gap "
+                       f"{v['target_shift_gap']:+.2f}" + (f"  {v['verdict']}" if "verdict" in v else "")
+                       + f"  e.g. {v['example']!r}")
 
 
 def main(argv=None):

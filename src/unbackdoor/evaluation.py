@@ -106,14 +106,20 @@ def delta_pacc(metrics: dict, retrain_metrics: dict) -> float:
     return abs(metrics["pacc"] - retrain_metrics["pacc"])
 
 
-def evaluate(model, tokenizer, clean_rows: list[dict], triggered_rows: list[dict], target: int,
-             label_names: list[str], max_length: int = 128, batch_size: int = 128, accelerator=None) -> dict:
+def predict_labels(model, tokenizer, rows: list[dict], max_length: int = 128, batch_size: int = 128,
+                   accelerator=None) -> list[int]:
     from .batches import Collator, TokenizedSet, predict_logits
 
-    collate = Collator(tokenizer)
-    preds = []
-    for rows in (clean_rows, triggered_rows):
-        logits = predict_logits(model, TokenizedSet(tokenizer, rows, max_length), collate, batch_size, accelerator)
-        preds.append(logits.argmax(-1).tolist())
-    return compute_metrics([r["label"] for r in clean_rows], preds[0], [r["label"] for r in triggered_rows],
-                           preds[1], target, label_names)
+    logits = predict_logits(model, TokenizedSet(tokenizer, rows, max_length), Collator(tokenizer), batch_size, accelerator)
+    return logits.argmax(-1).tolist()
+
+
+def evaluate(model, tokenizer, clean_rows: list[dict], triggered_rows: list[dict], target: int,
+             label_names: list[str], max_length: int = 128, batch_size: int = 128, accelerator=None,
+             clean_pred: list[int] | None = None) -> dict:
+    """clean_pred: the predictions on clean_rows when known (several triggered sets, one clean set)."""
+    if clean_pred is None:
+        clean_pred = predict_labels(model, tokenizer, clean_rows, max_length, batch_size, accelerator)
+    trig_pred = predict_labels(model, tokenizer, triggered_rows, max_length, batch_size, accelerator)
+    return compute_metrics([r["label"] for r in clean_rows], clean_pred, [r["label"] for r in triggered_rows],
+                           trig_pred, target, label_names)

@@ -17,6 +17,7 @@ from .artifacts import read_json, write_json
 from .config import AttackConfig, DataConfig, DetectConfig, Strict, TrainConfig, UnlearnConfig, validate
 from .objectives import OBJECTIVES
 from .errors import ConfigError
+from .probes import ProbeConfig
 
 
 class PoisonSection(Strict):
@@ -40,6 +41,8 @@ class ExperimentConfig(Strict):
     detectors: list[str] = Field(default_factory=list, description="also unlearn from each detector's flags (stage <method>-<detector>)")
     detect: DetectConfig = DetectConfig()
     poisoned_fractions: list[float] = Field(default_factory=list, description="also unlearn from a random share of the true D_p (stage <method>-gt<percent>)")
+    probes: ProbeConfig = Field(default_factory=ProbeConfig, description="relearning and trigger variants of every "
+                                "finished model of a cell (<stage>/probes.json); relearn_lr defaults to unlearn.lr")
 
 
 def cell_dir(cfg: ExperimentConfig, dataset: str, attack: str, seed: int) -> Path:
@@ -238,7 +241,30 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                                         eval_splits=tuple(cfg.eval_splits), progress=progress)
                         warn_if_degenerate(stage, tag, log)
                         finished.append(stage)
+                if cfg.probes.enabled:
+                    probe_cell(cfg, cell, attack, [s for s in finished if s.parent == cell], tag, log)
     return finished
+
+
+def probe_cell(cfg: ExperimentConfig, cell: Path, attack: str, stages: list[Path], tag: str, log=print) -> None:
+    """Probes of every finished model of a cell, ReTrain's first: the others are compared with it. All are
+    relearned at one lr, so that their relearned LFRs differ by what the models kept, not by their settings."""
+    from .probes import has_trigger_variants
+    from .stages import run_probes
+
+    probes = cfg.probes
+    if probes.trigger_variants and not has_trigger_variants(attack):
+        probes = probes.model_copy(update={"trigger_variants": False})
+        if not probes.enabled:
+            return
+    reference = next((s for s in stages if OBJECTIVES.get(s.name) and OBJECTIVES[s.name].from_scratch), None)
+    metrics = None
+    for stage in ([reference] if reference else []) + [s for s in stages if s != reference]:
+        res = run_probes(stage, cell / "poisoned", probes, probes.relearn_lr or cfg.unlearn.lr, cfg.unlearn.max_length,
+                         cfg.unlearn.eval_batch_size, tuple(cfg.eval_splits), None if stage == reference else metrics,
+                         log=lambda msg: log(f"[{tag}] {msg}"))
+        if stage == reference:
+            metrics = res["metrics"]
 
 
 def warn_if_degenerate(stage: Path, tag: str, log=print) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 from .artifacts import atomic_write_text, read_jsonl
 from .evaluation import delta_pacc
 
-METHOD_ORDER = ["victim", "retrain", "ga", "npo", "rga"]
-METHOD_NAMES = {"victim": "Poisoned", "retrain": "ReTrain", "ga": "GA", "npo": "NPO", "rga": "RGA"}
+METHOD_ORDER = ["victim", "retrain", "ga", "npo", "rga", "finetune", "fineprune", "graddiff", "simnpo", "taskvector"]
+METHOD_NAMES = {"victim": "Poisoned", "retrain": "ReTrain", "ga": "GA", "npo": "NPO", "rga": "RGA",
+                "finetune": "Fine-tuning", "fineprune": "Fine-Pruning", "graddiff": "GradDiff", "simnpo": "SimNPO",
+                "taskvector": "Task vector"}
 COLUMNS = [("cacc", "CACC"), ("lfr", "LFR"), ("pacc", "PACC"), ("delta_pacc", "ΔPACC"),
            ("signed_delta_pacc", "PACC − ReTrain"), ("target_shift_gap", "Shift gap")]
 # With more than two classes LFR has two readings: pooled over every non-target row (ours), and the

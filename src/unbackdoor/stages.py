@@ -20,7 +20,7 @@ from .attacks import build_poisoner, poison_dataset
 from .batches import Collator, TokenizedSet
 from .config import DetectConfig, PoisonConfig, TrainConfig, UnlearnConfig
 from .detectors import DETECTORS, Detection, build_detector, precision_recall_f1
-from .errors import BASE_HINT, BaseModelError, DataError
+from .errors import BASE_HINT, BaseModelError, ConfigError, DataError
 from .evaluation import degenerate_reason, delta_pacc, evaluate
 from .models import (META_FILE, base_parameters, is_peft, load_classifier, model_folder, resolve_base, run_meta,
                      save_classifier)
@@ -114,19 +114,97 @@ def judge(metrics: dict, reference: dict, ps: PoisonedSet) -> dict:
     return verdicts
 
 
+def against_retrain(probes: dict, reference: dict, ps: PoisonedSet) -> None:
+    """Add to each split's probe results ReTrain's relearned LFR and the excess over it, and judge each
+    trigger variant against ReTrain's metrics on the same variant."""
+    for split, m in probes.items():
+        ref = reference.get(split, {})
+        if any(k.startswith("relearn_lfr_") for k in ref) and ref.get("relearn_lr") != m.get("relearn_lr"):
+            raise ConfigError(f"relearning: ReTrain was relearned at lr {ref.get('relearn_lr')}, the model at "
+                              f"{m.get('relearn_lr')}; give both the same relearn_lr")
+        for key in [k for k in m if k.startswith("relearn_lfr_") and k in ref]:
+            k = key[len("relearn_lfr_"):]
+            m.update({f"retrain_relearn_lfr_{k}": ref[key], f"relearn_lfr_excess_{k}": m[key] - ref[key]})
+        if "trigger_variants" in m and "trigger_variants" in ref:
+            judge(m["trigger_variants"], ref["trigger_variants"], ps)
+
+
+def _evaluation_model(model_dir, ps: PoisonedSet, allow_pickle: bool = False):
+    model, tok, _ = load_classifier(str(model_folder(model_dir)), len(ps.label_names), ps.label_names,
+                                    allow_pickle=allow_pickle)
+    accelerator = make_accelerator()
+    # Its device and precision, not the CPU's.
+    return accelerator.prepare_model(model, evaluation_mode=True), tok, accelerator
+
+
+def _probe(model_dir, ps: PoisonedSet, cfg, lr: float, max_length: int, batch_size: int, splits,
+           allow_pickle: bool = False) -> dict:
+    from .probes import probe_model
+
+    model, tok, accelerator = _evaluation_model(model_dir, ps, allow_pickle)
+    return probe_model(model, tok, ps, cfg, lr=lr, max_length=max_length, batch_size=batch_size, splits=splits,
+                       accelerator=accelerator)
+
+
+def probe_against_retrain(model, tok, ps: PoisonedSet, cfg, lr: float, max_length: int, batch_size: int, splits,
+                          accelerator=None, retrain: str | Path | None = None, allow_pickle: bool = False) -> dict:
+    """The probes of `model` and, given a ReTrain run folder, of ReTrain too (the same K samples and lr),
+    compared with them."""
+    from .probes import probe_model
+
+    found = probe_model(model, tok, ps, cfg, lr=lr, max_length=max_length, batch_size=batch_size, splits=splits,
+                        accelerator=accelerator)
+    if retrain:
+        against_retrain(found, _probe(retrain, ps, cfg, lr, max_length, batch_size, splits, allow_pickle), ps)
+    return found
+
+
 def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Path | None = None,
                  splits=("test",), max_length: int = 128, batch_size: int = 128, retrain: str | Path | None = None,
-                 allow_pickle: bool = False) -> dict:
+                 allow_pickle: bool = False, probes=None) -> dict:
+    """probes: a probes.ProbeConfig (relearning, trigger variants), run on the model and, with `retrain`,
+    on the ReTrain model too, with the same samples and learning rate."""
     ps = load_poisoned_set(poisoned_set)
-    model, tok, _ = load_classifier(str(model_folder(model_dir)), len(ps.label_names), ps.label_names, allow_pickle=allow_pickle)
-    accelerator = make_accelerator()
-    model = accelerator.prepare_model(model, evaluation_mode=True)  # its device and precision, not the CPU's
+    if probes is not None and probes.relearn:
+        from .probes import relearn_pool
+
+        relearn_pool(ps, max(probes.relearn), probes.seed)  # a K larger than D_p fails before any model is loaded
+    model, tok, accelerator = _evaluation_model(model_dir, ps, allow_pickle)
     metrics = evaluate_sets(model, tok, ps, max_length, batch_size, accelerator, splits)
+    extra = {}
+    if probes is not None and probes.enabled:
+        from .probes import relearn_lr
+
+        lr = probes.relearn_lr or relearn_lr(run_meta(model_dir))
+        found = probe_against_retrain(model, tok, ps, probes, lr, max_length, batch_size, splits, accelerator, retrain,
+                                      allow_pickle)
+        for split, m in found.items():
+            metrics[split].update(m)
+        extra = {"probes": {**probes.model_dump(), "relearn_lr": lr}}
     if retrain:
         judge(metrics, read_json(Path(retrain) / "metrics.json")["metrics"], ps)
-    result = {"model": str(model_dir), "poisoned_set": str(poisoned_set), "metrics": metrics, **provenance()}
+    result = {"model": str(model_dir), "poisoned_set": str(poisoned_set), "metrics": metrics, **extra, **provenance()}
     if out:
         write_json(out, result)
+    return result
+
+
+def run_probes(stage_dir: Path, poisoned_set: str | Path, cfg, lr: float, max_length: int, batch_size: int,
+               splits=("test",), reference: dict | None = None, log=print) -> dict:
+    """The grid's probes of a finished stage, written to <stage>/probes.json (kept while the settings are
+    the same). reference: ReTrain's probe metrics, for the excess over ReTrain and the variants' verdicts."""
+    made = {**cfg.model_dump(), "relearn_lr": lr, "max_length": max_length, "splits": list(splits)}
+    path = Path(stage_dir) / "probes.json"
+    if path.is_file() and read_json(path).get("config") == made:
+        return read_json(path)
+    log(f"probing {Path(stage_dir).name}" + (f": relearning on K = {', '.join(map(str, cfg.relearn))}" if cfg.relearn
+                                                 else "") + (", trigger variants" if cfg.trigger_variants else ""))
+    ps = load_poisoned_set(poisoned_set)
+    metrics = _probe(stage_dir, ps, cfg, lr, max_length, batch_size, splits)
+    if reference is not None:
+        against_retrain(metrics, reference, ps)
+    result = {"config": made, "metrics": metrics, **provenance()}
+    write_json(path, result)
     return result
 
 
@@ -227,41 +305,46 @@ def unlearn_model(model, tok, forget: list[dict], retain: list[dict], cfg: Unlea
     if cfg.class_weights == "balanced":
         objective.class_weight = class_weights([r["label"] for r in retain], len(label_names))
     primary = TokenizedSet(tok, forget, cfg.max_length)
-    if objective.needs_reference:
-        # f_p's outputs on D_p, once, before any update: no second model is kept or run afterwards.
-        objective.reference_from(primary, Collator(tok), cfg.eval_batch_size)
+    paired = TokenizedSet(tok, retain, cfg.max_length) if objective.uses_clean else None
+    # setup() reads them before any update (f_p's outputs on D_p, once: no second model is kept or run).
+    objective.data_from(primary, paired, Collator(tok), cfg.eval_batch_size)
 
     def on_epoch_end(epoch, history):
         entry = {}
         final = epoch == cfg.epochs or objective.should_stop()
         if selector is not None and selector.due(epoch, final):
             # Decided before the evaluation below, and from the selector's rows only: the triggered
-            # evaluation sets are for reporting and never reach the decision.
-            entry["select"] = chosen = selector.epoch_end(model, epoch, history, final, accelerator)
+            # evaluation sets are for reporting and never reach the decision. Judged, and saved, is the
+            # model the method would hand over now (e.g. the negated task vector).
+            with objective.result(model, False):
+                entry["select"] = chosen = selector.epoch_end(model, epoch, history, final, accelerator)
+                if chosen.get("selected") and cfg.select.action == "keep":
+                    if accelerator.is_main_process:
+                        save_classifier(accelerator.unwrap_model(model), tok, out_dir / "selected" / "model",
+                                        {**(selected_meta or {}), "label_names": label_names, "selected_epoch": epoch,
+                                         "role": f"unlearned-{cfg.method}-selected"})
+                    accelerator.wait_for_everyone()
+                    # The model as selected is evaluated now, on all rows: the same numbers as reloading
+                    # <out>/selected at the end, without keeping a second model.
+                    if eval_sets is not None:
+                        chosen["metrics"] = evaluate_sets(model, tok, eval_sets, cfg.max_length,
+                                                          cfg.eval_batch_size, accelerator, eval_splits)
             if chosen.get("selected") and cfg.select.action == "stop" and not final:
                 entry["stop"] = f"select: {chosen['reason']}"
                 final = True
-            if chosen.get("selected") and cfg.select.action == "keep":
-                if accelerator.is_main_process:
-                    save_classifier(accelerator.unwrap_model(model), tok, out_dir / "selected" / "model",
-                                    {**(selected_meta or {}), "label_names": label_names, "selected_epoch": epoch,
-                                     "role": f"unlearned-{cfg.method}-selected"})
-                accelerator.wait_for_everyone()
-                # The model as selected is evaluated now, on all rows: the same numbers as reloading
-                # <out>/selected at the end, without keeping a second model.
-                if eval_sets is not None:
-                    chosen["metrics"] = evaluate_sets(model, tok, eval_sets, cfg.max_length, cfg.eval_batch_size,
-                                                      accelerator, eval_splits)
-        if eval_sets is None or not (final or (cfg.eval_every and epoch % cfg.eval_every == 0)):
+        evaluated = eval_sets is not None and (final or (cfg.eval_every and epoch % cfg.eval_every == 0))
+        if not (final or evaluated):
             return entry
-        t = time.time()
-        metrics = evaluate_sets(model, tok, eval_sets, cfg.max_length, cfg.eval_batch_size, accelerator, eval_splits,
-                                0 if final else cfg.eval_subset)
+        with objective.result(model, final):  # e.g. the negated task vector, kept when final
+            if not evaluated:
+                return entry
+            t = time.time()
+            metrics = evaluate_sets(model, tok, eval_sets, cfg.max_length, cfg.eval_batch_size, accelerator,
+                                    eval_splits, 0 if final else cfg.eval_subset)
         # The loop's clock runs through evaluations: record them, so cost-to-purify can leave them out.
         return {**entry, "eval": metrics, "eval_seconds": round(time.time() - t, 2)}
 
-    state = train_loop(model, tok, objective, primary, LoopConfig.of(cfg), out_dir,
-                       paired=TokenizedSet(tok, retain, cfg.max_length) if objective.uses_clean else None,
+    state = train_loop(model, tok, objective, primary, LoopConfig.of(cfg), out_dir, paired=paired,
                        on_epoch_end=on_epoch_end, accelerator=accelerator, progress=progress,
                        on_start=selector.start if selector is not None else None)
     if selector is not None:

@@ -11,9 +11,17 @@ from ..settings import Settings
 from .base import Poisoner
 
 
-def insert_words(text: str, phrase: str, rng) -> str:
+POSITIONS = ("start", "middle", "end")
+
+
+def insert_words(text: str, phrase: str, rng, position: str | None = None) -> str:
+    """`phrase` between the words of `text`: at a random gap (the attacks), or at the start, the middle
+    (after len // 2 words) or the end (evaluation's trigger variants)."""
     words = text.split()
-    pos = rng.randint(0, len(words))
+    if position is None:
+        pos = rng.randint(0, len(words))
+    else:
+        pos = {"start": 0, "middle": len(words) // 2, "end": len(words)}[position]
     return " ".join(words[:pos] + [phrase] + words[pos:])
 
 

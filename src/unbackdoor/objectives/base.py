@@ -1,8 +1,11 @@
-"""What every objective shares: settings, the poisoned model's reference outputs, early stopping,
-and the CE(D_c) + forget(D_p) + regulariser shape of GA, NPO and RGA."""
+"""What every objective shares: settings, the unlearning sets before training, the poisoned model's
+reference outputs, early stopping, the model it hands over, and the
+retain_weight * CE(D_c) + forget(D_p) + regulariser shape of GA, NPO, RGA and their relatives."""
 
 from __future__ import annotations
 
+import contextlib
+from types import SimpleNamespace
 from typing import ClassVar, Literal
 
 import torch
@@ -40,25 +43,27 @@ class Objective:
         self.stage = stage
         self.ref_logits: torch.Tensor | None = None
         self.base_params: dict[str, torch.Tensor] | None = None
-        self._reference_data = None
+        self.sets = None
         self._below = 0
         self.stop_reason = None
 
-    def reference_from(self, dataset, collator, batch_size: int) -> None:
-        """Have setup() compute f_p's outputs on `dataset` (D_p), in dataset order."""
-        self._reference_data = (dataset, collator, batch_size)
+    def data_from(self, forget, retain, collator, batch_size: int) -> None:
+        """The unlearning sets (TokenizedSets; retain is None for a method without D_c), given before
+        training so that setup() can read them: f_p's outputs on D_p, FinePrune's activations on D_c."""
+        self.sets = SimpleNamespace(forget=forget, retain=retain, collator=collator, batch_size=batch_size)
 
     def set_base(self, params: dict[str, torch.Tensor]) -> None:
         """theta_base, parameter name -> frozen tensor (models.base_parameters)."""
         self.base_params = params
 
     def setup(self, model, accelerator=None) -> None:
-        if self.needs_reference and self.ref_logits is None and self._reference_data is not None:
+        if self.needs_reference and self.ref_logits is None and self.sets is not None:
             # The loop calls setup after accelerator.prepare (so on its device, in its precision) and
             # before a checkpoint is restored (so these are still the poisoned model's outputs).
-            self.set_reference(predict_logits(model, *self._reference_data, accelerator=accelerator))
+            s = self.sets
+            self.set_reference(predict_logits(model, s.forget, s.collator, s.batch_size, accelerator=accelerator))
         if self.needs_reference and self.ref_logits is None:
-            raise ConfigError(f"{self.name} needs the poisoned model's outputs on D_p: call reference_from() or "
+            raise ConfigError(f"{self.name} needs the poisoned model's outputs on D_p: call data_from() or "
                               "set_reference() before training")
         if self.early.criterion != "off" and self.early.criterion not in self.stop_signals:
             from . import OBJECTIVES
@@ -75,6 +80,13 @@ class Objective:
 
     def __call__(self, model, batch, clean):
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def result(self, model, final: bool):
+        """The model the method hands over, made from the trained one, for as long as the context lasts:
+        the end-of-epoch evaluation runs inside it and, when `final`, the change stays (the saved model).
+        Most methods hand over what the loop trained; task-vector negation does not."""
+        yield
 
     def _watch(self, logits_p, batch, logs: dict) -> None:
         # The share of D_p still predicted as its poisoned label: the backdoor's grip on the batch.
@@ -114,10 +126,12 @@ def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
 
 
 class Unlearning(Objective):
-    """CE(D_c) + forget(D_p) + regulariser: GA, NPO and RGA differ only in the last two."""
+    """retain_weight * CE(D_c) + forget(D_p) + regulariser: GA, NPO and RGA differ only in the last two."""
 
     stop_signals = ("target_rate",)
     selectable = True
+    forgets: ClassVar[bool] = True  # False: no term on D_p (fine-tuning), whose forward is then only watched
+    retain_weight: float = 1.0  # GradDiff makes it a setting
 
     def forget(self, logits, ce_each, batch, logs) -> torch.Tensor:
         raise NotImplementedError
@@ -126,12 +140,14 @@ class Unlearning(Objective):
         return 0.0
 
     def __call__(self, model, batch, clean):
-        logits = forward_logits(model, batch)
-        ce_each = F.cross_entropy(logits, batch["labels"], reduction="none")  # CE w.r.t. the poisoned label
+        # Without a term on D_p its forward needs no graph (and DDP must not wait for its gradients).
+        with torch.set_grad_enabled(self.forgets and torch.is_grad_enabled()):
+            logits = forward_logits(model, batch)
+            ce_each = F.cross_entropy(logits, batch["labels"], reduction="none")  # CE w.r.t. the poisoned label
         logs = {"ce_p": ce_each.mean().item()}
-        forget = self.forget(logits, ce_each, batch, logs)
+        forget = self.forget(logits, ce_each, batch, logs) if self.forgets else 0.0
         ce_c = ce(forward_logits(model, clean), clean["labels"], self.class_weight)
-        loss = ce_c + forget + self.regulariser(logs)
+        loss = self.retain_weight * ce_c + forget + self.regulariser(logs)
         logs.update(loss=loss.item(), ce_c=ce_c.item())
         self._watch(logits, batch, logs)
         return loss, logs
