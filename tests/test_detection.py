@@ -41,6 +41,45 @@ def test_cube_separates_a_planted_minority_cluster():
     assert scores[truth].mean() > scores[~truth].mean()
 
 
+def _blobs_and_noise():
+    """Reduced features: a big blob per label, a smaller separate blob of label 1 (the poison), and
+    points scattered over the whole space."""
+    rng = np.random.default_rng(0)
+    big0 = rng.normal(0, 1, (400, 4)) + [10, 0, 0, 0]
+    big1 = rng.normal(0, 1, (400, 4)) + [0, 10, 0, 0]
+    small1 = rng.normal(0, 1, (160, 4)) + [0, 0, 10, 0]
+    scattered = rng.uniform(-20, 30, (30, 4))
+    labels = np.r_[np.zeros(400), np.ones(560), np.arange(30) % 2].astype(int)
+    kind = np.array(["big"] * 800 + ["small"] * 160 + ["noise"] * 30)
+    return np.vstack([big0, big1, small1, scattered]), labels, kind
+
+
+def test_cube_authors_mode_flags_the_small_blob_and_the_noise(monkeypatch):
+    import umap
+
+    class Identity:  # the clustering is under test, not UMAP (test above): features go in as reduced
+        def __init__(self, **kw):
+            pass
+
+        def fit_transform(self, x):
+            return x
+
+    monkeypatch.setattr(umap, "UMAP", Identity)
+    emb, labels, kind = _blobs_and_noise()
+    authors, scores = cube_flags(emb, labels, DetectConfig(cube_mode="authors"))
+    assert not authors[kind == "big"].any() and authors[kind == "small"].all()
+    assert authors[kind == "noise"].mean() >= 0.9  # noise is flagged (a stray point may join a big blob)
+    assert scores[kind == "small"].min() > scores[kind == "big"].max()
+    # Our default clusters per label and leaves noise unflagged: the same blob, not the scattered points.
+    per_label, _ = cube_flags(emb, labels, DetectConfig())
+    assert not per_label[kind == "big"].any() and per_label[kind == "small"].all()
+    assert not per_label[kind == "noise"].any()
+    # Fewer rows than one 150-row cluster needs: nothing can be told apart, nothing is flagged.
+    few, _ = cube_flags(emb[:120], labels[:120], DetectConfig(cube_mode="authors"))
+    assert not few.any()
+    assert DetectConfig(cube_mode="authors").min_samples is None  # 120 in authors mode, HDBSCAN's own in per_label
+
+
 def test_unknown_detector():
     with pytest.raises(ConfigError, match="unknown detector 'strip'; valid detectors: cube, loss"):
         build_detector(DetectConfig(detector="strip"))
