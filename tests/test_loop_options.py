@@ -184,3 +184,31 @@ def test_padding_to_a_multiple_of_8_under_mixed_precision(tiny_base, tmp_path, t
                 assert all(w % 8 == 0 for w in widths), widths
     finally:
         AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("constant", [1.0] * 8),
+    ("linear", [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]),
+    # the demo's schedule: GA gets the constant rate's push for 6 of 8 steps, then every method settles
+    ("constant_then_linear", [1.0] * 6 + [1.0, 0.5]),
+])
+def test_lr_schedules_step_by_step(name, expected):
+    from unbackdoor.training import _schedule
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _schedule(opt, LoopConfig(epochs=8, lr=1.0, batch_size=1, scheduler=name, decay_ratio=0.25), 8)
+    seen = []
+    for _ in range(8):
+        seen.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected)
+
+
+def test_an_unknown_schedule_is_a_config_error():
+    from unbackdoor.errors import ConfigError
+    from unbackdoor.training import _schedule
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match="cosine"):
+        _schedule(opt, LoopConfig(epochs=1, lr=1.0, batch_size=1, scheduler="cosine"), 8)

@@ -146,7 +146,10 @@ class _UnlearnStage(Strict):
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, on weight matrices only")
     grad_clip: float = Field(1.0, ge=0)
-    scheduler: Literal["linear", "constant"] = "constant"
+    scheduler: Literal["linear", "constant", "constant_then_linear"] = Field(
+        "constant", description="lr schedule; constant_then_linear: constant, then a linear decay to 0 over the "
+        "last decay_ratio of the steps (a run that must both show GA's shift and end RGA without a swing)")
+    decay_ratio: float = Field(0.25, gt=0, le=1, description="constant_then_linear: the share of steps that decay")
     seed: int = 42
     checkpoint_every: int = Field(1, ge=0, description="save a resumable checkpoint every k epochs (0 = only when interrupted)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast on GPUs (accelerate)")

@@ -41,6 +41,7 @@ class LoopConfig:
     weight_decay: float = 0.0
     scheduler: str = "linear"
     warmup_ratio: float = 0.0
+    decay_ratio: float = 0.25
     seed: int = 42
     eval_batch_size: int = 128
     checkpoint_every: int = 1
@@ -141,12 +142,23 @@ class Plan:
         return end - start, i + 1 == end
 
 
-def _optimisation(model, cfg: LoopConfig, total_steps: int):
-    from transformers import get_constant_schedule, get_linear_schedule_with_warmup
+def _schedule(optimizer, cfg: LoopConfig, total_steps: int):
+    from transformers import get_constant_schedule, get_linear_schedule_with_warmup, get_wsd_schedule
 
+    warmup = int(cfg.warmup_ratio * total_steps)
+    decay = max(1, round(cfg.decay_ratio * total_steps))
+    build = {"linear": lambda: get_linear_schedule_with_warmup(optimizer, warmup, total_steps),
+             "constant": lambda: get_constant_schedule(optimizer),
+             "constant_then_linear": lambda: get_wsd_schedule(optimizer, 0, decay, num_stable_steps=total_steps - decay,
+                                                              decay_type="linear")}
+    if cfg.scheduler not in build:
+        raise ConfigError(f"scheduler {cfg.scheduler!r}: expected one of {', '.join(build)}")
+    return build[cfg.scheduler]()
+
+
+def _optimisation(model, cfg: LoopConfig, total_steps: int):
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = (get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-                 if cfg.scheduler == "linear" else get_constant_schedule(optimizer))
+    scheduler = _schedule(optimizer, cfg, total_steps)
     return optimizer, scheduler
 
 
