@@ -24,6 +24,7 @@ from .detectors import DETECTORS
 from .errors import ConfigError, PluginError
 from .objectives import OBJECTIVES, EarlyStopConfig
 from .registry import Registry
+from .schedules import ScheduleName
 from .selection import SelectConfig
 from .settings import Settings as Strict
 
@@ -146,7 +147,7 @@ class _UnlearnStage(Strict):
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, on weight matrices only")
     grad_clip: float = Field(1.0, ge=0)
-    scheduler: Literal["linear", "constant", "constant_then_linear"] = Field(
+    scheduler: ScheduleName = Field(
         "constant", description="lr schedule; constant_then_linear: constant, then a linear decay to 0 over the "
         "last decay_ratio of the steps (a run that must both show GA's shift and end RGA without a swing)")
     decay_ratio: float = Field(0.25, gt=0, le=1, description="constant_then_linear: the share of steps that decay")

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from .artifacts import read_json, write_json
 from .batches import Collator, LengthGroupedBatches, TokenizedSet
 from .errors import ConfigError, DivergenceError, Interrupted
+from .schedules import SCHEDULES
 
 TRACKING_PROJECT = "unbackdoor"  # the TensorBoard run folder under <out>/logs, the wandb project
 
@@ -143,17 +144,9 @@ class Plan:
 
 
 def _schedule(optimizer, cfg: LoopConfig, total_steps: int):
-    from transformers import get_constant_schedule, get_linear_schedule_with_warmup, get_wsd_schedule
-
-    warmup = int(cfg.warmup_ratio * total_steps)
-    decay = max(1, round(cfg.decay_ratio * total_steps))
-    build = {"linear": lambda: get_linear_schedule_with_warmup(optimizer, warmup, total_steps),
-             "constant": lambda: get_constant_schedule(optimizer),
-             "constant_then_linear": lambda: get_wsd_schedule(optimizer, 0, decay, num_stable_steps=total_steps - decay,
-                                                              decay_type="linear")}
-    if cfg.scheduler not in build:
-        raise ConfigError(f"scheduler {cfg.scheduler!r}: expected one of {', '.join(build)}")
-    return build[cfg.scheduler]()
+    if cfg.scheduler not in SCHEDULES:
+        raise ConfigError(f"scheduler {cfg.scheduler!r}: expected one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[cfg.scheduler](optimizer, total_steps, cfg.warmup_ratio, cfg.decay_ratio)
 
 
 def _optimisation(model, cfg: LoopConfig, total_steps: int):
