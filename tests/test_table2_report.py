@@ -37,7 +37,7 @@ def _pairs(cm):
     return true, pred
 
 
-def stage(root, dataset, attack, seed, method, trig_cm, setting=PAPER, objective=None):
+def stage(root, dataset, attack, seed, method, trig_cm, setting=PAPER, objective=None, history=None, probes=None):
     mode, rate, file = setting
     names, target = LABELS[dataset], TARGET[dataset]
     clean = AG_CLEAN if dataset == "agnews" else BIN_CLEAN
@@ -46,7 +46,10 @@ def stage(root, dataset, attack, seed, method, trig_cm, setting=PAPER, objective
     meta = {"dataset": dataset, "label_names": names, "target": target, "rate": rate, "mode": mode, "poisoning": how}
     d = root / dataset / attack / f"seed{seed}" / method
     d.mkdir(parents=True)
-    res = {"kind": method, "metrics": {"test": metrics}, "curve": [], "poison_meta": meta}
+    res = {"kind": method, "metrics": {"test": metrics}, "curve": [], "poison_meta": meta,
+           **({"history": history} if history else {})}
+    if probes:
+        write_json(d / "probes.json", {"config": {}, "metrics": {"test": probes}})
     if method not in ("victim", "retrain"):
         res["config"] = {"method": objective or method}
         write_jsonl(d / "loss_log.jsonl", [{"epoch": e, "step": e, "ce_p": 1.0 * e, "ce_c": 0.1, "lambda": 0.5 / e}
@@ -142,3 +145,52 @@ def test_a_stage_in_two_folders_and_several_folders_without_out(folders, tmp_pat
     assert not (tmp_path / "r").exists()
     assert run_cli("report", dirs[0], dirs[1]) == 2
     assert "--out is required with several results folders" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- cost, relearning and trigger variants
+
+def test_training_cost_leaves_out_the_evaluations_before_the_last_epoch():
+    from unbackdoor.reporting import training_cost
+
+    # The loop's clocks at epoch 2 ran through epoch 1's evaluation (2 s, 3 CPU s), not epoch 2's.
+    history = [{"epoch": 1, "seconds": 10.0, "cpu_seconds": 19.0, "eval_seconds": 2.0, "eval_cpu_seconds": 3.0},
+               {"epoch": 2, "seconds": 25.0, "cpu_seconds": 50.0, "eval_seconds": 7.0, "eval_cpu_seconds": 9.0}]
+    assert training_cost({"history": history}) == (23.0, 47.0)
+    # A run made before CPU time was recorded: its wall time, and no CPU figure rather than a guess.
+    assert training_cost({"history": [{"epoch": 3, "seconds": 30.0}]}) == (30.0, None)
+    assert training_cost({}) == (None, None)
+
+
+def _clock(wall, cpu, evals=0.0):
+    return [{"epoch": 1, "seconds": wall / 2, "cpu_seconds": cpu / 2, "eval_seconds": evals, "eval_cpu_seconds": evals},
+            {"epoch": 2, "seconds": wall + evals, "cpu_seconds": cpu + evals}]
+
+
+def test_cost_relearning_and_variants_in_the_table_report_and_figure(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    relearned = {"relearn_lfr_16": 70.0, "retrain_relearn_lfr_16": 20.0, "relearn_lfr_excess_16": 50.0,
+                 "relearn_cacc_16": 88.0, "relearn_lr": 1e-4,
+                 "trigger_variants": {"start": {"lfr": 30.0}, "other_word": {"lfr": 12.0}}}
+    stage(runs, "sst2", "badnets", 1, "retrain", BIN["retrain"], history=_clock(100, 200),
+          probes={"relearn_lfr_16": 20.0, "relearn_lr": 1e-4, "trigger_variants": {"start": {"lfr": 10.0}}})
+    stage(runs, "sst2", "badnets", 1, "ga", BIN["ga"], history=_clock(30, 50, evals=5.0))
+    stage(runs, "sst2", "badnets", 1, "rga", BIN["rga"], history=_clock(40, 80, evals=5.0), probes=relearned)
+    assert run_cli("report", runs, "--out", out) == 0
+    by = {r["method"]: r for r in csv.DictReader((out / "table.csv").open())}
+    assert float(by["ga"]["cpu_s"]) == 50.0 and float(by["ga"]["cpu_vs_retrain"]) == 0.25
+    assert float(by["rga"]["cpu_vs_retrain"]) == 0.4 and float(by["retrain"]["cpu_vs_retrain"]) == 1.0
+    assert float(by["rga"]["relearn_lfr_excess_16"]) == 50.0 and float(by["rga"]["variant_lfr_start"]) == 30.0
+    assert by["ga"]["relearn_lfr_16"] == ""  # GA was not probed: no number rather than a zero
+    md = (out / "report.md").read_text()
+    extras = md.split("## Cost, relearning and trigger variants")[1].split("\n## ")[0]
+    rows = _table_rows(extras, "sst2")
+    assert rows["badnets", "GA"][4:7] == ["30", "50", "0.25×"]
+    assert rows["badnets", "RGA"][7:] == ["70.00", "+50.00", "12.00", "30.00", ""]
+    assert (out / "figures" / "delta_pacc_vs_cost.png").is_file() and "delta_pacc_vs_cost.png" in md
+
+
+def test_no_cost_or_probe_section_for_runs_that_measured_neither(report):
+    # The module's folders carry no CPU clock and no probes.json: nothing is shown rather than empty columns.
+    md = (report / "report.md").read_text()
+    assert "## Cost, relearning" not in md and not (report / "figures" / "delta_pacc_vs_cost.png").exists()
+    assert not {"cpu_s", "cpu_vs_retrain"} & set(next(csv.reader((report / "table.csv").open())))

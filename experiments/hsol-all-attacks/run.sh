@@ -4,7 +4,8 @@
 # has one seed before any has two. Resumable: `unbackdoor run` skips finished stages, so re-running this script
 # after an interruption goes on where it stopped. ROOT (outside the work tree, default /root/t2) holds the runs;
 # each step's wall and CPU time go to $ROOT/<dataset>-seed<S>.time.
-# Afterwards: unbackdoor report $ROOT/hsol --out experiments/hsol-all-attacks/report (and agnews alike).
+# After each run its small files (metrics, probes, loss logs) are kept in experiments/<dataset>-all-attacks/runs,
+# so the report survives the machine: unbackdoor report experiments/hsol-all-attacks/runs --out ... (agnews alike).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${ROOT:-/root/t2}
@@ -16,5 +17,6 @@ for S in $SEEDS; do
     OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 /usr/bin/time -v -o "$ROOT/$D-seed$S.time" \
       unbackdoor run "cpu-$D" "output_dir=$ROOT/$D" "seeds=[$S]" --no-report \
       >> "$ROOT/$D-seed$S.log" 2>> "$ROOT/$D-seed$S.err"
+    bash experiments/keep_results.sh "$ROOT/$D" "experiments/$D-all-attacks/runs"
   done
 done

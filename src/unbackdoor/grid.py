@@ -300,6 +300,8 @@ def load_results(results_dir: str | Path) -> list[dict]:
     for metrics in sorted(Path(results_dir).glob("*/*/seed*/*/metrics.json")):
         stage = metrics.parent
         res = read_json(metrics)
+        if (stage / "probes.json").is_file():
+            res["probes"] = read_json(stage / "probes.json")["metrics"]
         rows.append({"dataset": stage.parents[2].name, "attack": stage.parents[1].name,
                      "seed": int(stage.parent.name[4:]), "method": stage.name, "dir": stage, **res})
     return rows

@@ -69,6 +69,79 @@ def _verdict_label(labels: list[str]) -> str:
     return ", ".join(f"{v} {n}/{len(labels)}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def training_cost(result: dict) -> tuple[float | None, float | None]:
+    """(wall, CPU) seconds a stage spent making its model, its evaluations left out: the loop's clocks at
+    the last epoch, which run through the evaluations of the epochs before it but stop before the last
+    one's. CPU is None for runs made before it was recorded."""
+    history = result.get("history") or []
+    if not history:
+        return None, None
+    last, before = history[-1], history[:-1]
+    out = []
+    for clock, evals in (("seconds", "eval_seconds"), ("cpu_seconds", "eval_cpu_seconds")):
+        total = last.get(clock)
+        out.append(None if total is None else total - sum(h.get(evals) or 0.0 for h in before))
+    return out[0], out[1]
+
+
+# The numbers beyond Table 2's columns: cost, relearning (probes.relearn) and trigger variants
+# (probes.trigger_variants). Named per K and per variant, so only what a run measured shows.
+COST_COLUMNS = [("wall_s", "wall s"), ("cpu_s", "CPU s"), ("cpu_vs_retrain", "CPU ÷ ReTrain")]
+RELEARN, VARIANT = "relearn_lfr_", "variant_lfr_"
+
+
+def _is_extra(key: str) -> bool:
+    return key in dict(COST_COLUMNS) or key.startswith((RELEARN, VARIANT))
+
+
+def extra_numbers(result: dict, split: str) -> dict:
+    """One stage's cost and, where it was probed, its relearned LFR per K (and the excess over ReTrain's
+    after the same relearning) and its LFR on each trigger variant."""
+    wall, cpu = training_cost(result)
+    out = {"wall_s": wall, "cpu_s": cpu}
+    probes = result.get("probes", {}).get(split, {})
+    out.update({k: v for k, v in probes.items() if k.startswith(("relearn_lfr_", "relearn_lfr_excess_"))})
+    out.update({VARIANT + name: v["lfr"] for name, v in probes.get("trigger_variants", {}).items()})
+    return out
+
+
+def extra_columns(rows) -> list[tuple[str, str]]:
+    """The cost, relearning and variant columns that some row has a number for, in a fixed order."""
+    have = {k for r in rows for k, v in r.items() if _is_extra(k) and not k.endswith("_std") and v is not None}
+    ks = sorted({int(k[len(RELEARN):]) for k in have if k.startswith(RELEARN) and k[len(RELEARN):].isdigit()})
+    cols = [c for c in COST_COLUMNS if c[0] in have]
+    for k in ks:
+        cols += [(f"{RELEARN}{k}", f"LFR relearned K={k}"), (f"relearn_lfr_excess_{k}", f"− ReTrain's (K={k})")]
+    cols += [(k, "LFR " + k[len(VARIANT):].replace("_", " ")) for k in sorted(have) if k.startswith(VARIANT)]
+    return [c for c in cols if c[0] in have]
+
+
+def table_extras_markdown(rows) -> str:
+    """Cost, "removed or suppressed?" and trigger variants, one row per method; "" when nothing was measured."""
+    cols = extra_columns(rows)
+    if not any(k != "wall_s" for k, _ in cols):
+        return ""
+    lines = ["## Cost, relearning and trigger variants", "",
+             "**CPU s**: CPU seconds (all threads) to make the model, evaluations left out; **CPU ÷ ReTrain** the "
+             "same over ReTrain's of the seed. **LFR relearned K**: LFR after fine-tuning on K poisoned training "
+             "rows (`probes.relearn`); **− ReTrain's**: the same minus ReTrain's after the same steps, so a removed "
+             "backdoor reads near 0 and a suppressed one well above. **LFR <variant>**: the trigger moved or cut "
+             "(`probes.trigger_variants`; *other word* is a rare word that never was a trigger, the control).", "",
+             "| dataset | attack | method | " + " | ".join(n for _, n in cols) + " |", "|" + "---|" * (3 + len(cols))]
+    for r in rows:
+        cells = []
+        for k, _ in cols:
+            v, sd = r.get(k), r.get(k + "_std")
+            if k in ("wall_s", "cpu_s") and v is not None:
+                cells.append(f"{v:.0f}")
+            elif k == "cpu_vs_retrain" and v is not None:
+                cells.append(f"{v:.2f}×")
+            else:
+                cells.append(_fmt(v, sd, r["seeds"], signed=k.startswith("relearn_lfr_excess_")))
+        lines.append(f"| {r['dataset']} | {_attack_cell(r)} | {_name(r)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summarise(results: list[dict], split: str = "test") -> list[dict]:
     """One row per (dataset, attack, method): mean and std over seeds; dPACC, the signed PACC difference
     and the verdict against ReTrain of the same seed. A degenerate ReTrain gives no dPACC and no verdict."""
@@ -79,12 +152,16 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
     setting = [poisoning_setting(r.get("poison_meta", {})) for r in results]
     retrain = {(r["dataset"], r["attack"], st, r["seed"]): r["metrics"][split] for r, st in zip(results, setting)
                if r["method"] == "retrain" and split in r["metrics"]}
+    cost = {(r["dataset"], r["attack"], st, r["seed"]): training_cost(r)[1] for r, st in zip(results, setting)
+            if r["method"] == "retrain"}
     groups, objective = defaultdict(list), {}
     for r, st in zip(results, setting):
         m = r["metrics"].get(split)
         if m is None:
             continue
-        m = dict(m)
+        m = {**dict(m), **extra_numbers(r, split)}
+        ref_cpu = cost.get((r["dataset"], r["attack"], st, r["seed"]))
+        m["cpu_vs_retrain"] = m["cpu_s"] / ref_cpu if m["cpu_s"] is not None and ref_cpu else None
         ref = retrain.get((r["dataset"], r["attack"], st, r["seed"]))
         usable = ref is not None and not degenerate_reason(ref)
         m["delta_pacc"] = delta_pacc(m, ref) if usable else None
@@ -104,7 +181,7 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
     for (dataset, attack, st, method), ms in groups.items():
         row = {"dataset": dataset, "attack": attack, "setting": st, "method": method, "seeds": len(ms),
                "objective": objective[dataset, attack, st, method]}
-        for key, _ in [*COLUMNS, MACRO_LFR]:
+        for key in [k for k, _ in [*COLUMNS, MACRO_LFR]] + sorted({k for m in ms for k in m if _is_extra(k)}):
             row[key], row[key + "_std"] = _mean_std([m.get(key) for m in ms])
         row["classes"] = len(ms[0]["confusion_triggered"])
         row["verdict"] = _verdict_label([m["verdict"] for m in ms])
@@ -190,7 +267,7 @@ def table_markdown(rows) -> str:
 def table_csv(rows) -> str:
     buf = io.StringIO()
     keys = ["dataset", "attack", "method", "seeds"] + [k for c, _ in _columns(rows) for k in (c, c + "_std")] + \
-        ["verdict", "degenerate", "poisoning"]
+        ["verdict", "degenerate", "poisoning"] + [k for c, _ in extra_columns(rows) for k in (c, c + "_std")]
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     w.writerows({**r, "poisoning": r["setting"]} for r in rows)
@@ -389,6 +466,36 @@ def figure_shift_dynamics(cell: dict, path: Path, split: str = "test"):
     return fig, _save(fig, path)
 
 
+def figure_cost(rows, path: Path) -> list[Path]:
+    """ΔPACC against CPU cost relative to ReTrain, one point per (attack, method), the marker open where
+    the verdict is not *neutralised*; [] when no row has both numbers."""
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if r["method"] not in REFERENCES and r.get("cpu_vs_retrain") is not None
+              and r.get("delta_pacc") is not None]
+    if not points:
+        return []
+    methods = list(dict.fromkeys(r["method"] for r in points))
+    attacks = list(dict.fromkeys(_attack_cell(r) for r in points))
+    colours, markers = plt.get_cmap("tab10"), "osD^vP*X"
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in points:
+        c = colours(methods.index(r["method"]) % 10)
+        ax.scatter(r["cpu_vs_retrain"], r["delta_pacc"], s=46, marker=markers[attacks.index(_attack_cell(r)) % 8],
+                   edgecolors=c, facecolors=c if r["verdict"] == "neutralised" else "none", linewidths=1.4)
+    for i, m in enumerate(methods):
+        ax.scatter([], [], color=colours(i % 10), marker="s", label=METHOD_NAMES.get(m, m))
+    for j, a in enumerate(attacks):
+        ax.scatter([], [], color="grey", marker=markers[j % 8], label=a)
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU time to make the model ÷ ReTrain's (log)")
+    ax.set_ylabel("ΔPACC (lower = closer to ReTrain)")
+    ax.set_title("Removal: accuracy under the trigger against cost (open marker: not neutralised)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    return _save(fig, path)
+
+
 def figure_lambda(result: dict, path: Path):
     """RGA's adaptive weight lambda per step."""
     import matplotlib.pyplot as plt
@@ -452,7 +559,9 @@ def write_report(results_dir: str | Path | list, out_dir: str | Path | None = No
           "samples flipped away); **verdict** from the triggered and clean confusion matrices against ReTrain's "
           "(`unbackdoor.verdict`): *backdoor* (the trigger still sends samples to the target class), *shifted* "
           "(it now sends them to another class), *neutralised*.", "",
-          table_markdown(rows), paper_comparison(rows), extra_md]
+          table_markdown(rows), table_extras_markdown(rows), paper_comparison(rows), extra_md]
+    if figure_cost(rows, out / "figures" / "delta_pacc_vs_cost"):
+        md.append("![ΔPACC against CPU cost](figures/delta_pacc_vs_cost.png)\n")
     cells = defaultdict(dict)
     for r in results:
         cells[(r["dataset"], r["attack"], r["seed"])][r["method"]] = r

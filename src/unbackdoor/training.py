@@ -390,6 +390,8 @@ class _Loop:
         start_tracking(self.accelerator, self.cfg, self.objective)
         self.model.train()
         t0 = time.time() - state.get("seconds", 0.0)
+        # CPU time of this process, all threads: the cost a shared or CPU-only machine pays.
+        c0 = time.process_time() - state.get("cpu_seconds", 0.0)
         try:
             with StopOnSignal() as stop, StepLog(log_path, self.cfg.log_every, self.accelerator) as log:
                 for epoch in range(state["epoch"] + 1, self.cfg.epochs + 1):
@@ -403,6 +405,7 @@ class _Loop:
                     log.flush(state["step"], epoch, self.scheduler.get_last_lr()[0])
                     state["objective"] = self.objective.state_dict()
                     state["seconds"] = round(time.time() - t0, 2)
+                    state["cpu_seconds"] = round(time.process_time() - c0, 2)
                     if stop.raised and not state["stopped_early"]:
                         # Mid-epoch: save where we are; the epoch is not complete and is not evaluated.
                         save_checkpoint(self.accelerator, self.ckpt, state)
@@ -469,7 +472,8 @@ class _Loop:
     def end_epoch(self, state: dict, epoch: int) -> None:
         """Evaluate (on_epoch_end), record the epoch, and checkpoint every cfg.checkpoint_every epochs."""
         state["epoch"], state["batch"] = epoch, 0
-        entry = {"epoch": epoch, "step": state["step"], "seconds": state["seconds"]}
+        entry = {"epoch": epoch, "step": state["step"], "seconds": state["seconds"],
+                 "cpu_seconds": state.get("cpu_seconds")}
         if self.on_epoch_end is not None:
             entry.update(self.on_epoch_end(epoch, state["history"]) or {})
         reason = entry.pop("stop", None)
