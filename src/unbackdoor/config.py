@@ -206,17 +206,39 @@ def validate(model_cls: type[BaseModel], data: dict, source: str = "config"):
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file as a dict. `extends: <preset or file>` starts from that config and lays this one over
+    it (sections merge key by key; lists and values replace), so a variant states only what it changes."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {_chain[-1]})" if _chain else ""))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-    return data
+    if "extends" not in data:
+        return data
+    base = data.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'extends' must name one preset or config file (got {base!r})")
+    # A relative file is taken from the extending file's folder, as a reader of that file would expect.
+    near = path.parent / base
+    base_path = near if near.suffix in (".yaml", ".yml") and near.is_file() else resolve_config_path(base)
+    chain = (*_chain, path.resolve())
+    if base_path.resolve() in chain:
+        raise ConfigError(f"{path}: 'extends: {base}' makes a cycle ({' -> '.join(p.name for p in chain)} -> "
+                          f"{base_path.name})")
+    return merge_sections(load_yaml(base_path, chain), data)
+
+
+def merge_sections(base: dict, over: dict) -> dict:
+    """`over` laid over `base`: a mapping in both merges key by key, anything else in `over` replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_sections(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def set_dotted(data: dict, key: str, value: Any) -> None:

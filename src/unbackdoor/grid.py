@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field
 
 from .artifacts import read_json, write_json
-from .config import AttackConfig, DataConfig, DetectConfig, Strict, TrainConfig, UnlearnConfig, validate
+from .config import AttackConfig, DataConfig, DetectConfig, Strict, TrainConfig, UnlearnConfig, merge_sections, validate
 from .objectives import OBJECTIVES
 from .errors import ConfigError
 from .probes import ProbeConfig
@@ -230,8 +230,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
                         continue
                     data = cfg.unlearn.model_dump()
                     data.update(method=method, seed=seed)
-                    for k, v in cfg.method_overrides.get(method, {}).items():  # sections merge, not replace
-                        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+                    data = merge_sections(data, cfg.method_overrides.get(method, {}))  # sections merge, not replace
                     ucfg = validate(UnlearnConfig, data, f"unlearn config for {method}")
                     for suffix, source in sources.items():
                         stage = cell / f"{method}{suffix}"
