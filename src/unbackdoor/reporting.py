@@ -468,7 +468,7 @@ def figure_shift_dynamics(cell: dict, path: Path, split: str = "test"):
 
 def figure_cost(rows, path: Path) -> list[Path]:
     """ΔPACC against CPU cost relative to ReTrain, one point per (attack, method), the marker open where
-    the verdict is not *neutralised*; [] when no row has both numbers."""
+    the verdict is not *neutralised* or the model is degenerate; [] when no row has both numbers."""
     import matplotlib.pyplot as plt
 
     points = [r for r in rows if r["method"] not in REFERENCES and r.get("cpu_vs_retrain") is not None
@@ -482,7 +482,8 @@ def figure_cost(rows, path: Path) -> list[Path]:
     for r in points:
         c = colours(methods.index(r["method"]) % 10)
         ax.scatter(r["cpu_vs_retrain"], r["delta_pacc"], s=46, marker=markers[attacks.index(_attack_cell(r)) % 8],
-                   edgecolors=c, facecolors=c if r["verdict"] == "neutralised" else "none", linewidths=1.4)
+                   edgecolors=c, facecolors=c if r["verdict"] == "neutralised" and not r["degenerate"] else "none",
+                   linewidths=1.4)
     for i, m in enumerate(methods):
         ax.scatter([], [], color=colours(i % 10), marker="s", label=METHOD_NAMES.get(m, m))
     for j, a in enumerate(attacks):
@@ -491,7 +492,7 @@ def figure_cost(rows, path: Path) -> list[Path]:
     ax.set_xscale("log")
     ax.set_xlabel("CPU time to make the model ÷ ReTrain's (log)")
     ax.set_ylabel("ΔPACC (lower = closer to ReTrain)")
-    ax.set_title("Removal: accuracy under the trigger against cost (open marker: not neutralised)", fontsize=9)
+    ax.set_title("Removal: accuracy under the trigger against cost (open: not neutralised, or degenerate)", fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="best")
     return _save(fig, path)
 
