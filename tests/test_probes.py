@@ -75,6 +75,41 @@ def test_relearning_brings_back_what_ga_removed_and_compares_with_retrain(tmp_pa
         assert v["cacc"] == m["cacc"]  # the same clean rows
 
 
+def test_relearning_rows_are_label_balanced_nested_and_from_the_training_split(poisoned):
+    from unbackdoor.poisoned_set import load_poisoned_set
+    from unbackdoor.probes import relearn_sets
+
+    ps = load_poisoned_set(poisoned)
+    sets = relearn_sets(ps, [16, 4], "balanced", seed=1)
+    poisoned_texts = {r["text"] for r in ps.poisoned}
+    clean = {(r["text"], r["label"]) for r in ps.clean}
+    for k, rows in sets.items():
+        labels = [r["label"] for r in rows]
+        assert len(rows) == k * len(ps.label_names) and all(labels.count(c) == k for c in range(len(ps.label_names)))
+        assert {r["text"] for r in rows if r["label"] == ps.target} <= poisoned_texts  # the target's rows: D_p
+        assert {(r["text"], r["label"]) for r in rows if r["label"] != ps.target} <= clean  # the others: D_c
+    assert all(r in sets[16] for r in sets[4])  # K = 4's rows are among K = 16's
+    assert relearn_sets(ps, [16, 4], "balanced", seed=1) == sets and relearn_sets(ps, [16], seed=2) != {16: sets[16]}
+    only = relearn_sets(ps, [8], "poisoned", seed=1)[8]
+    assert len(only) == 8 and {r["label"] for r in only} == {ps.target} and {r["text"] for r in only} <= poisoned_texts
+
+
+def test_a_k_that_one_class_of_d_c_cannot_fill_names_the_class():
+    from unbackdoor.poisoned_set import PoisonedSet
+    from unbackdoor.probes import relearn_sets
+
+    train = ([{"text": f"p{i} cf", "label": 1, "poisoned": 1} for i in range(5)]
+             + [{"text": f"n{i}", "label": 0} for i in range(3)] + [{"text": f"y{i}", "label": 1} for i in range(9)])
+    ps = PoisonedSet(label_names=["negative", "positive"], target=1, train=train, test_clean=[], test_triggered=[])
+    assert len(relearn_sets(ps, [3])[3]) == 6
+    with pytest.raises(ConfigError, match="K=4 exceeds the 3 clean training rows .D_c. of class 'negative'.*"
+                                          "relearn_mix: poisoned"):
+        relearn_sets(ps, [4])
+    assert len(relearn_sets(ps, [5], "poisoned")[5]) == 5
+    with pytest.raises(ConfigError, match="K=6 exceeds the 5 poisoned training samples"):
+        relearn_sets(ps, [6], "poisoned")
+
+
 @pytest.mark.parametrize("k,message", [("0", "greater than 0"), ("100000", "poisoned training samples (D_p)"),
                                        ("x", "valid integer")])
 def test_bad_relearn_k_is_a_clear_error(poisoned, tiny_victim, capsys, k, message):

@@ -254,7 +254,7 @@ def evaluate(model, tokenizer=None, data=None, *, retrain=None, split: str = "te
     trigger_variants, one block of metrics per variant of the attack's trigger. probe_settings:
     relearn_steps, relearn_lr, relearn_batch_size, seed (probes.ProbeConfig).
     """
-    from .probes import ProbeConfig, relearn_lr, relearn_pool
+    from .probes import ProbeConfig, relearn_lr, relearn_sets
 
     ps = _poisoned_set(data, "data")
     if split not in ("test", "dev"):
@@ -262,7 +262,7 @@ def evaluate(model, tokenizer=None, data=None, *, retrain=None, split: str = "te
     probes = validate(ProbeConfig, {"relearn": list(relearn), "trigger_variants": trigger_variants, **probe_settings},
                       source="evaluate probe settings")
     if probes.relearn:
-        relearn_pool(ps, max(probes.relearn), probes.seed)  # a K larger than D_p fails before any work
+        relearn_sets(ps, probes.relearn, probes.relearn_mix, probes.seed)  # a K the set cannot fill fails before any work
     model, tokenizer, folder = _model(model, tokenizer)
     metrics = stages.evaluate_sets(model, tokenizer, ps, max_length, batch_size, None, (split,)).get(split)
     if metrics is None:

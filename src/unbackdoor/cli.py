@@ -206,24 +206,27 @@ def detect(model_dir, poisoned_set, out, config_file, sets, **kw):
 @click.option("--relearn", "relearn", multiple=True, metavar="K[,K...]",
               help="removed or suppressed? fine-tune a copy on K poisoned training samples and measure LFR again "
                    "(ReTrain too with --retrain); repeat or comma-separate for several K")
+@click.option("--relearn-mix", type=click.Choice(["balanced", "poisoned"]), default=None,
+              help="balanced: the K poisoned rows and K clean rows of every other class; poisoned: the K poisoned "
+                   "rows alone, which teach 'always the target' in a few steps [default: balanced]")
 @click.option("--relearn-steps", type=int, default=None, help="relearning optimiser steps [default: 20]")
 @click.option("--relearn-lr", type=float, default=None,
               help="relearning lr [default: the model's unlearning lr, else its training lr]")
-@click.option("--relearn-batch-size", type=int, default=None, help="relearning batch, min(K, this) [default: 16]")
+@click.option("--relearn-batch-size", type=int, default=None, help="relearning batch, min(relearning rows, this) [default: 16]")
 @click.option("--probe-seed", type=int, default=None, help="seed of the relearning samples and the trigger variants "
               "[default: 0]")
 @click.option("--trigger-variants", is_flag=True, help="also evaluate the trigger at the start, middle and end, half "
               "an AddSent sentence, and a rare word that was never a trigger (badnets, addsent)")
 def evaluate_cmd(model_dir, poisoned_set, retrain, split, max_length, batch_size, out, allow_pickle, relearn,
-                 relearn_steps, relearn_lr, relearn_batch_size, probe_seed, trigger_variants):
+                 relearn_mix, relearn_steps, relearn_lr, relearn_batch_size, probe_seed, trigger_variants):
     """CACC, LFR, PACC, dPACC and the triggered-set confusion matrix of a saved model; with --relearn and
     --trigger-variants, whether a removed backdoor comes back and how far removal reaches."""
     from .probes import ProbeConfig
     from .stages import run_evaluate
 
     data = {"relearn": [k.strip() for v in relearn for k in v.split(",") if k.strip()],
-            "trigger_variants": trigger_variants, "relearn_steps": relearn_steps, "relearn_lr": relearn_lr,
-            "relearn_batch_size": relearn_batch_size, "seed": probe_seed}
+            "trigger_variants": trigger_variants, "relearn_mix": relearn_mix, "relearn_steps": relearn_steps,
+            "relearn_lr": relearn_lr, "relearn_batch_size": relearn_batch_size, "seed": probe_seed}
     probes = validate(ProbeConfig, {k: v for k, v in data.items() if v is not None}, source="evaluate probe options")
     res = run_evaluate(model_dir, poisoned_set, out, (split,), max_length, batch_size, retrain, allow_pickle, probes)
     _print_metrics(res["metrics"], str(model_dir))

@@ -1,9 +1,12 @@
 """Probes of a finished model, beyond the paper's metrics (issue #18).
 
 Relearning: is a removed backdoor gone, or only suppressed? A copy of the model is fine-tuned for a
-few steps on K poisoned training samples (from D_p, labelled with the target) and its LFR measured
-again. A never-poisoned model (ReTrain) learns something from K samples too, so the measure is the
-relearned LFR minus ReTrain's after the same relearning (`relearn_lfr_excess_K`).
+few steps on K poisoned training samples (from D_p, labelled with the target) and, by default, K clean
+rows (D_c) of every other class, and its LFR measured again. The clean rows keep the labels balanced:
+K target-labelled rows alone teach "always the target" within a few steps (on SST-2 BadNets, 20 steps at
+2e-5 took every model, ReTrain included, to CACC 50 and LFR 100), which says nothing about the trigger. A
+never-poisoned model (ReTrain) learns something from K samples too, so the measure is the relearned LFR
+minus ReTrain's after the same relearning (`relearn_lfr_excess_K`).
 
 Trigger variants: the attack's trigger somewhere it never was in training (the start, the middle or
 the end of the text), half of an AddSent sentence, and a rare word that was never a trigger (the
@@ -18,7 +21,7 @@ import copy
 import math
 import random
 import tempfile
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, PositiveInt
 
@@ -31,11 +34,14 @@ RARE_WORDS = ("tq", "mb", "zx", "qj")  # RIPPLe's rare-word pool and two more; t
 class ProbeConfig(Settings):
     relearn: list[PositiveInt] = Field(default_factory=list, description="relearn on K poisoned training samples "
                                        "and measure LFR again, for each K")
+    relearn_mix: Literal["balanced", "poisoned"] = Field(
+        "balanced", description="balanced: K poisoned rows and K clean rows (D_c) of every other class, so that the "
+        "relearning teaches the trigger and not the target's prior; poisoned: the K poisoned rows alone")
     relearn_steps: int = Field(20, ge=1, description="optimiser steps of relearning (rounded up to whole passes over "
                                "the K samples)")
     relearn_lr: Optional[float] = Field(None, gt=0, description="relearning learning rate (default: the unlearning lr "
                                         "the model was made with, else its training lr, else 2e-5)")
-    relearn_batch_size: int = Field(16, ge=1, description="relearning batch size: min(K, this)")
+    relearn_batch_size: int = Field(16, ge=1, description="relearning batch size: min(relearning rows, this)")
     trigger_variants: bool = Field(False, description="also evaluate on the trigger at the start, middle and end, "
                                    "half an AddSent sentence, and a rare word that was never a trigger")
     seed: int = Field(0, description="which K samples (the smaller K's are a subset of the larger), their order, and "
@@ -89,14 +95,29 @@ def trigger_variants(rows: list[dict], attack: dict, seed: int = 0) -> dict[str,
 
 # ---------------------------------------------------------------- relearning
 
-def relearn_pool(ps, k_max: int, seed: int) -> list[dict]:
-    """k_max poisoned training rows labelled with the target, in a seeded order: K rows are the first K."""
-    rows = [{"text": r["text"], "label": ps.target} for r in ps.poisoned]
-    if k_max > len(rows):
-        raise ConfigError(f"relearn: K={k_max} exceeds the {len(rows)} poisoned training samples (D_p) of the poisoned "
-                          "set; choose K between 1 and that")
-    random.Random(f"relearn-{seed}").shuffle(rows)
-    return rows[:k_max]
+def relearn_sets(ps, ks, mix: str = "balanced", seed: int = 0) -> dict[int, list[dict]]:
+    """The relearning rows for each K: K poisoned training rows (D_p) labelled with the target and, with mix
+    'balanced', the first K clean training rows (D_c) of every other class, each pool in one seeded order, so
+    that a smaller K's rows are part of a larger K's. A K the poisoned set cannot fill is a ConfigError."""
+    ks = sorted(set(ks))
+    if not ks:
+        return {}
+    rng = random.Random(f"relearn-{seed}")
+    poisoned = [{"text": r["text"], "label": ps.target} for r in ps.poisoned]
+    rng.shuffle(poisoned)
+    pools = {"poisoned training samples (D_p)": poisoned}
+    if mix == "balanced":
+        for c, name in enumerate(ps.label_names):
+            if c != ps.target:
+                rows = [{"text": r["text"], "label": c} for r in ps.clean if r["label"] == c]
+                rng.shuffle(rows)
+                pools[f"clean training rows (D_c) of class {name!r}"] = rows
+    for what, rows in pools.items():
+        if ks[-1] > len(rows):
+            raise ConfigError(f"relearn: K={ks[-1]} exceeds the {len(rows)} {what} of the poisoned set; choose K "
+                              "between 1 and that" + ("" if what.startswith("poisoned") else
+                                                      ", or relearn_mix: poisoned"))
+    return {k: [r for rows in pools.values() for r in rows[:k]] for k in ks}
 
 
 def relearn_lr(meta: dict) -> float:
@@ -134,7 +155,7 @@ def probe_model(model, tokenizer, ps, cfg: ProbeConfig, *, lr: float, max_length
     sets = {s: (ps.dev_clean, ps.dev_triggered) if s == "dev" else (ps.test_clean, ps.test_triggered) for s in splits}
     sets = {s: v for s, v in sets.items() if v[0] and v[1]}
     out = {s: {} for s in sets}
-    pool = relearn_pool(ps, max(cfg.relearn), cfg.seed) if cfg.relearn else []  # a bad K fails before any work
+    rows_for = relearn_sets(ps, cfg.relearn, cfg.relearn_mix, cfg.seed)  # a bad K fails before any work
     if cfg.trigger_variants:
         for s, (clean, _) in sets.items():
             clean_pred = predict_labels(model, tokenizer, clean, max_length, batch_size, accelerator)
@@ -146,7 +167,7 @@ def probe_model(model, tokenizer, ps, cfg: ProbeConfig, *, lr: float, max_length
     for k in sorted(set(cfg.relearn)):
         for s in sets:
             out[s]["relearn_lr"] = lr
-        twin = relearn(unwrapped, tokenizer, pool[:k], cfg, lr, max_length)
+        twin = relearn(unwrapped, tokenizer, rows_for[k], cfg, lr, max_length)
         for s, (clean, trig) in sets.items():
             m = evaluate(twin, tokenizer, clean, trig, ps.target, ps.label_names, max_length, batch_size)
             out[s].update({f"relearn_lfr_{k}": m["lfr"], f"relearn_cacc_{k}": m["cacc"], f"relearn_pacc_{k}": m["pacc"]})

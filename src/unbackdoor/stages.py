@@ -166,9 +166,9 @@ def run_evaluate(model_dir: str | Path, poisoned_set: str | Path, out: str | Pat
     on the ReTrain model too, with the same samples and learning rate."""
     ps = load_poisoned_set(poisoned_set)
     if probes is not None and probes.relearn:
-        from .probes import relearn_pool
+        from .probes import relearn_sets
 
-        relearn_pool(ps, max(probes.relearn), probes.seed)  # a K larger than D_p fails before any model is loaded
+        relearn_sets(ps, probes.relearn, probes.relearn_mix, probes.seed)  # a bad K fails before a model is loaded
     model, tok, accelerator = _evaluation_model(model_dir, ps, allow_pickle)
     metrics = evaluate_sets(model, tok, ps, max_length, batch_size, accelerator, splits)
     extra = {}
