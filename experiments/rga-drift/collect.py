@@ -2,7 +2,9 @@
 drift.png (shift gap and PACC - ReTrain against epoch, one panel per attack).
 
 usage: python collect.py RESULTS_DIR OUT_DIR [TAG]
-With TAG the files are curves-TAG.csv and drift-TAG.png. Every call also merges its runs into
+With TAG the files are curves-TAG.csv and drift-TAG.png. It prints a markdown table per attack (the
+README's variant tables): each run's shift gap and PACC - ReTrain at epochs 4, 8, 12, 16 and its last, and
+the worst shift gap over all its evaluations. Every call also merges its runs into
 OUT_DIR/summary.csv (the issue's columns; a run already there is replaced): variant `default` is RGA at
 the package's default settings, any other variant keeps its method name.
 The verdict of every epoch comes from unbackdoor.verdict.decide against the cell's ReTrain on the
@@ -81,6 +83,7 @@ def main(results: Path, out: Path, tag: str = "") -> int:
             rows.append({"attack": r["attack"], "seed": r["seed"], "method": r["method"], "epoch": point["epoch"],
                          "n_triggered": m["n_triggered"], "cacc": m["cacc"], "lfr": m["lfr"], "pacc": m["pacc"],
                          "pacc_minus_retrain": m["pacc"] - ref["pacc"], "shift_gap": m["target_shift_gap"],
+                         "retrain_shift_gap": ref["target_shift_gap"],
                          "verdict": v, **{k: logged.get(k, "") for k in ("lambda", "kl", "ce_p", "ce_c", "l2")}})
     out.mkdir(parents=True, exist_ok=True)
     suffix = f"-{tag}" if tag else ""
@@ -91,7 +94,25 @@ def main(results: Path, out: Path, tag: str = "") -> int:
         for d in rows:
             w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in d.items()})
     plot(rows, out / f"drift{suffix}.png")
+    print(markdown(rows))
     return 0
+
+
+def markdown(rows: list[dict], epochs=(4, 8, 12, 16)) -> str:
+    """Gap / PACC - ReTrain per run at `epochs` and at its last evaluation, and its worst gap, per attack."""
+    out = []
+    for attack in sorted({r["attack"] for r in rows}):
+        out += [f"\n{attack}\n", "| variant | seed | " + " | ".join(f"epoch {e}" for e in epochs)
+                + " | last epoch | worst gap (epoch) | ReTrain's gap |", "|---" * (len(epochs) + 5) + "|"]
+        for method, seed in sorted({(r["method"], r["seed"]) for r in rows if r["attack"] == attack}):
+            pts = {r["epoch"]: r for r in rows if (r["attack"], r["method"], r["seed"]) == (attack, method, seed)}
+            cell = lambda r: f"{r['shift_gap']:+.1f} / {r['pacc_minus_retrain']:+.1f}" if r else "–"  # noqa: E731
+            last = pts[max(pts)]
+            worst = max(pts.values(), key=lambda r: r["shift_gap"])
+            out.append(f"| {method} | {seed} | " + " | ".join(cell(pts.get(e)) for e in epochs)
+                       + f" | {last['epoch']}: {cell(last)} | {worst['shift_gap']:+.1f} ({worst['epoch']}) "
+                       f"| {last['retrain_shift_gap']:+.1f} |")
+    return "\n".join(out)
 
 
 def plot(rows, path):

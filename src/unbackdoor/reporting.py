@@ -124,7 +124,8 @@ def table_extras_markdown(rows) -> str:
     lines = ["## Cost, relearning and trigger variants", "",
              "**CPU s**: CPU seconds (all threads) to make the model, evaluations left out; **CPU ÷ ReTrain** the "
              "same over ReTrain's of the seed. **LFR relearned K**: LFR after fine-tuning on K poisoned training "
-             "rows (`probes.relearn`); **− ReTrain's**: the same minus ReTrain's after the same steps, so a removed "
+             "rows, with K clean rows of every other class unless `probes.relearn_mix: poisoned` (`probes.relearn`, "
+             "its steps and lr in each probes.json); **− ReTrain's**: the same minus ReTrain's after the same steps, so a removed "
              "backdoor reads near 0 and a suppressed one well above. **LFR <variant>**: the trigger moved or cut "
              "(`probes.trigger_variants`; *other word* is a rare word that never was a trigger, the control).", "",
              "| dataset | attack | method | " + " | ".join(n for _, n in cols) + " |", "|" + "---|" * (3 + len(cols))]
