@@ -95,7 +95,34 @@ def main(results: Path, out: Path, tag: str = "") -> int:
             w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in d.items()})
     plot(rows, out / f"drift{suffix}.png")
     print(markdown(rows))
+    print(by_variant(rows))
     return 0
+
+
+def by_variant(rows: list[dict], upto: int = 16) -> str:
+    """One line per variant over all seeds, epochs up to `upto` only (the one-switch variants run 16): per
+    attack that has variants, the gap at `upto` per seed, the worst gap, and PACC - ReTrain at `upto` per seed."""
+    attacks = sorted({r["attack"] for r in rows if r["method"] != "rga"})  # where variants ran
+    head = "| variant | " + " | ".join(f"{a}: gap at {upto}, per seed | worst gap to {upto} | PACC − ReTrain at {upto}"
+                                         for a in attacks) + " |"
+    out = ["", head, "|---" * (1 + 3 * len(attacks)) + "|"]
+    for method in sorted({r["method"] for r in rows}):
+        cells = []
+        for a in attacks:
+            pts = [r for r in rows if r["method"] == method and r["attack"] == a and r["epoch"] <= upto]
+            seeds = sorted({r["seed"] for r in pts})
+            at = {s: next((r for r in pts if r["seed"] == s and r["epoch"] == upto), None) for s in seeds}
+            worst = max(pts, key=lambda r: r["shift_gap"]) if pts else None
+            ref = sorted({f"{r['retrain_shift_gap']:+.0f}" for r in pts})
+            if not pts:
+                cells += ["–"] * 3
+                continue
+            cells += [" / ".join(f"{at[s]['shift_gap']:+.0f}" if at[s] else "–" for s in seeds)
+                      + f" (ReTrain {' / '.join(ref)})",
+                      f"{worst['shift_gap']:+.0f} (s{worst['seed']}, epoch {worst['epoch']})" if worst else "–",
+                      " / ".join(f"{at[s]['pacc_minus_retrain']:+.1f}" if at[s] else "–" for s in seeds)]
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def markdown(rows: list[dict], epochs=(4, 8, 12, 16)) -> str:
@@ -129,7 +156,12 @@ def plot(rows, path):
                 pts = [r for r in rows if r["attack"] == attack and r["method"] == method and r["seed"] == seed]
                 if not pts:
                     continue
-                style = dict(label=f"{method} s{seed}", marker="o", ms=3, ls="-" if seed == min(r["seed"] for r in rows) else "--")
+                # The default and the paper's step stand out; the one-switch variants of the paper's step
+                # are one grey family, since the point is that none of them departs from it.
+                look = {"rga": dict(color="black", lw=2), "rga-joint": dict(color="tab:red", lw=1.5)}.get(
+                    method, dict(color="grey", lw=0.8, alpha=0.6))
+                label = f"{method} s{seed}" if method in ("rga", "rga-joint") else None
+                style = dict(label=label, marker="o", ms=3, ls="-" if seed == min(r["seed"] for r in rows) else "--", **look)
                 axes[0][j].plot([p["epoch"] for p in pts], [p["shift_gap"] for p in pts], **style)
                 axes[1][j].plot([p["epoch"] for p in pts], [p["pacc_minus_retrain"] for p in pts], **style)
         axes[0][j].set_title(attack)
@@ -138,7 +170,8 @@ def plot(rows, path):
         axes[1][j].axhspan(-3, 3, color="grey", alpha=0.15)
         axes[1][j].set_ylabel("PACC − ReTrain")
         axes[1][j].set_xlabel("unlearning epoch")
-    axes[0][-1].legend(fontsize=7, ncol=2)
+    axes[0][0].plot([], [], color="grey", lw=0.8, label="joint step, one setting changed")
+    axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
