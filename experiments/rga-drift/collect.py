@@ -110,16 +110,16 @@ def by_variant(rows: list[dict], upto: int = 16) -> str:
         cells = []
         for a in attacks:
             pts = [r for r in rows if r["method"] == method and r["attack"] == a and r["epoch"] <= upto]
-            seeds = sorted({r["seed"] for r in pts})
-            at = {s: next((r for r in pts if r["seed"] == s and r["epoch"] == upto), None) for s in seeds}
-            worst = max(pts, key=lambda r: r["shift_gap"]) if pts else None
-            ref = sorted({f"{r['retrain_shift_gap']:+.0f}" for r in pts})
             if not pts:
                 cells += ["–"] * 3
                 continue
+            seeds = sorted({r["seed"] for r in pts})
+            at = {s: next((r for r in pts if r["seed"] == s and r["epoch"] == upto), None) for s in seeds}
+            worst = max(pts, key=lambda r: r["shift_gap"])
+            ref = sorted({f"{r['retrain_shift_gap']:+.0f}" for r in pts})
             cells += [" / ".join(f"{at[s]['shift_gap']:+.0f}" if at[s] else "–" for s in seeds)
                       + f" (ReTrain {' / '.join(ref)})",
-                      f"{worst['shift_gap']:+.0f} (s{worst['seed']}, epoch {worst['epoch']})" if worst else "–",
+                      f"{worst['shift_gap']:+.0f} (s{worst['seed']}, epoch {worst['epoch']})",
                       " / ".join(f"{at[s]['pacc_minus_retrain']:+.1f}" if at[s] else "–" for s in seeds)]
         out.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(out)
