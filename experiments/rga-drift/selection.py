@@ -1,10 +1,11 @@
 """The selection-rule table: ΔPACC at the epoch unlearn.select chose (held-out D_p and clean dev only),
-at the best evaluated epoch in hindsight (test set), and at the last epoch, for every run folder named
-rga-select under RESULTS_DIR (unlearn ... -s select.action=keep). For every run folder named rga-stop (the
-shipped select.action=stop), a second table gives what a user gets: the epoch it stopped at, its ΔPACC,
-whether keep chose the same epoch, and its cost against ReTrain's (unbackdoor.reporting.training_cost:
-evaluations on the test set left out, the selection's own checks of the epochs before the last kept in,
-since the defender pays for them).
+at the best evaluated epoch in hindsight (test set), and at the last epoch, for every run under
+RESULTS_DIR/<dataset>/<attack>/seed<N>/ made with select.action=keep, with its cost to the selected epoch.
+For every run made with select.action=stop (the shipped default), a second table gives what a user gets:
+the epoch it stopped at, its ΔPACC, whether keep chose the same epoch, and its cost.
+Cost is unbackdoor.reporting.training_cost against the cell's ReTrain: evaluations on the test set left
+out, the selection's own checks kept in, since the defender pays for them. A keep run's cost to the
+selected epoch is its clocks at that epoch, which a stop run at the same epoch would have spent.
 
 usage: python selection.py RESULTS_DIR
 """
@@ -29,11 +30,23 @@ def name(cell: Path) -> str:
     return f"{cell.parent.name} s{cell.name[4:]}"
 
 
+def ratio(cost: tuple, ref: tuple) -> str:
+    (wall, cpu), (rwall, rcpu) = cost, ref
+    return f"{wall:.0f} / {cpu:.0f} | {rwall:.0f} / {rcpu:.0f} | {wall / rwall:.2f}× / {cpu / rcpu:.2f}×"
+
+
+runs = {"keep": [], "stop": []}
+for path in sorted(Path(sys.argv[1]).glob("*/*/seed*/*/metrics.json")):
+    d = load(path)
+    action = (d.get("select") or {}).get("action")
+    if action in runs:
+        runs[action].append((path.parent, d))
+
 rows, costs, keep_epoch = [], [], {}
-for run in sorted(Path(sys.argv[1]).glob("*/*/seed*/rga-select")):
+for run, d in runs["keep"]:
     cell = run.parent
-    rt = load(cell / "retrain" / "metrics.json")["metrics"]["test"]
-    d = load(run / "metrics.json")
+    retrain = load(cell / "retrain" / "metrics.json")
+    rt = retrain["metrics"]["test"]
     sel = d["select"]
     keep_epoch[cell] = sel["selected_epoch"]
     full = [c for c in d["curve"] if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]]
@@ -42,20 +55,23 @@ for run in sorted(Path(sys.argv[1]).glob("*/*/seed*/rga-select")):
     chosen = (sel.get("selected") or {}).get("test")
     chosen = chosen or next((c["test"] for c in full if c["epoch"] == sel.get("selected_epoch")), None)
     picked = f"{sel.get('selected_epoch')} ({fmt(chosen, rt)})" if chosen else f"{sel.get('selected_epoch')} (n/a)"
-    rows.append(f"| {name(cell)} | {picked} | {best['epoch']} ({fmt(best['test'], rt)}) | "
-                f"{full[-1]['epoch']} ({fmt(full[-1]['test'], rt)}) | {sel['tau']:.3f} | {sel.get('reason', '')} |")
+    to_selected = [h for h in d["history"] if h["epoch"] <= (sel.get("selected_epoch") or 0)]
+    cost = ratio(training_cost({"history": to_selected}), training_cost(retrain)) if to_selected else "– | – | –"
+    rows.append(f"| {name(cell)} {run.name} | {picked} | {best['epoch']} ({fmt(best['test'], rt)}) | "
+                f"{full[-1]['epoch']} ({fmt(full[-1]['test'], rt)}) | {sel['tau']:.3f} | {sel.get('reason', '')} "
+                f"| {cost} |")
 
-for run in sorted(Path(sys.argv[1]).glob("*/*/seed*/rga-stop")):
+for run, s in runs["stop"]:
     cell = run.parent
-    retrain, s = load(cell / "retrain" / "metrics.json"), load(run / "metrics.json")
-    (wall, cpu), (rwall, rcpu) = training_cost(s), training_cost(retrain)
+    retrain = load(cell / "retrain" / "metrics.json")
     epoch = s["select"]["selected_epoch"]
     same = "–" if cell not in keep_epoch else "yes" if epoch == keep_epoch[cell] else "**no**"
     costs.append(f"| {name(cell)} | {epoch} ({fmt(s['metrics']['test'], retrain['metrics']['test'])}) | {same} | "
-                 f"{wall:.0f} / {cpu:.0f} | {rwall:.0f} / {rcpu:.0f} | {wall / rwall:.2f}× / {cpu / rcpu:.2f}× |")
+                 f"{ratio(training_cost(s), training_cost(retrain))} |")
 
-print("| cell | selected epoch (ΔPACC / gap) | best in hindsight (ΔPACC / gap) | last epoch (ΔPACC / gap) | τ | reason |")
-print("|---|---|---|---|---|---|")
+print("| cell | selected epoch (ΔPACC / gap) | best in hindsight (ΔPACC / gap) | last epoch (ΔPACC / gap) | τ | reason "
+      "| to selected: wall / CPU s | ReTrain wall / CPU s | ÷ ReTrain, wall / CPU |")
+print("|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows))
 if costs:
     print("\n| cell | stopped at epoch (ΔPACC / gap) | same epoch as keep | RGA wall / CPU s | ReTrain wall / CPU s | RGA ÷ ReTrain, wall / CPU |")
