@@ -32,6 +32,20 @@ def test_rule_selects_the_first_qualifying_epoch():
     assert first_qualifying(stats, tau=0.1, min_acc=0.85)[0] == 4  # a tie with tau qualifies
 
 
+def test_statistics_count_the_flagged_label_on_held_out_and_on_clean_rows_of_other_classes(monkeypatch):
+    from unbackdoor import batches
+
+    held = [{"text": f"h{i}", "label": 1} for i in range(4)]  # D_p rows carry the flagged label, 1
+    clean = [{"text": f"c{i}", "label": i // 4} for i in range(8)]  # four of class 0, four of class 1
+    preds = iter([[1, 1, 0, 0], [1, 0, 0, 0, 1, 1, 1, 0]])
+    monkeypatch.setattr(batches, "predict_logits",
+                        lambda model, rows, *a, **k: torch.nn.functional.one_hot(torch.tensor(next(preds)), 2).float())
+    sel = Selector(SelectConfig(), held, clean, "dev")
+    sel._sets, sel._collate, sel._batch = (held, clean), None, 8
+    # Clean class-0 rows sent to 1: 1 of 4. Held-out rows still at 1: 2 of 4. Clean accuracy: 3 + 3 of 8.
+    assert sel.statistics(model=None) == {"heldout_target_rate": 0.5, "clean_acc": 0.75, "clean_target_rate": 0.25}
+
+
 def test_rule_refuses_an_epoch_whose_clean_accuracy_collapsed():
     # Epoch 2 has no backdoor left because it has no classifier left: a collapsed model also stops
     # predicting the target. The rule waits for epoch 4, which is clean and still accurate.

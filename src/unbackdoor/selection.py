@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import random
 import sys
+from collections import Counter
 from typing import Literal, Union
 
 from pydantic import Field, field_validator
 
 from .settings import Settings
 
+DECISION = ("selected", "reason", "metrics")  # an epoch entry's keys that are the decision, not statistics
 MIN_HELDOUT = 8  # fewer rows make the rate too coarse to compare with tau (steps of 1/8 already)
 
 
@@ -172,7 +174,15 @@ class Selector:
                        for s in self._sets)
         rate = sum(p == r["label"] for p, r in zip(held, self.heldout)) / len(self.heldout)
         acc = sum(p == r["label"] for p, r in zip(clean, self.clean)) / len(self.clean)
-        return {"heldout_target_rate": round(rate, 6), "clean_acc": round(acc, 6)}
+        out = {"heldout_target_rate": round(rate, 6), "clean_acc": round(acc, 6)}
+        # Recorded, not used by the rule yet: how often a clean row of another class goes to the flagged
+        # label. A model without a backdoor sends a triggered row there about as often, so a held-out rate
+        # far *below* it is what a trigger shift looks like to a defender (the lower bound issue 13 names).
+        target = Counter(r["label"] for r in self.heldout).most_common(1)[0][0]
+        others = [p for p, r in zip(clean, self.clean) if r["label"] != target]
+        if others:
+            out["clean_target_rate"] = round(sum(p == target for p in others) / len(others), 6)
+        return out
 
     def start(self, model, accelerator=None) -> None:
         """The victim's statistics, before any update (the loop calls this before restoring a checkpoint)."""
@@ -211,7 +221,7 @@ class Selector:
 
     def summary(self, history: list[dict]) -> dict:
         """metrics.json's `select`: the settings as applied, each checked epoch, and the decision."""
-        epochs = [{"epoch": h["epoch"], **{k: h["select"][k] for k in ("heldout_target_rate", "clean_acc", "qualifies")}}
+        epochs = [{"epoch": h["epoch"], **{k: v for k, v in h["select"].items() if k not in DECISION}}
                   for h in history if "select" in h]
         decided = next((h for h in history if "selected" in h.get("select", {})), None)
         selected = decided["epoch"] if decided and decided["select"]["selected"] else None
