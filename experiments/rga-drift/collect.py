@@ -3,8 +3,9 @@ drift.png (shift gap and PACC - ReTrain against epoch, one panel per attack).
 
 usage: python collect.py RESULTS_DIR OUT_DIR [TAG]
 With TAG the files are curves-TAG.csv and drift-TAG.png. It prints a markdown table per attack (the
-README's variant tables): each run's shift gap and PACC - ReTrain at epochs 4, 8, 12, 16 and its last, and
-the worst shift gap over all its evaluations. Every call also merges its runs into
+README's variant tables): each run's shift gap and PACC - ReTrain at epochs 4, 8, 12, 16 (or at every
+evaluated epoch, where those were not all evaluated) and its last, and the worst shift gap over all its
+evaluations. Every call also merges its runs into
 OUT_DIR/summary.csv (the issue's columns; a run already there is replaced): variant `default` is RGA at
 the package's default settings, any other variant keeps its method name.
 The verdict of every epoch comes from unbackdoor.verdict.decide against the cell's ReTrain on the
@@ -94,7 +95,8 @@ def main(results: Path, out: Path, tag: str = "") -> int:
         for d in rows:
             w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in d.items()})
     plot(rows, out / f"drift{suffix}.png")
-    print(markdown(rows))
+    evaluated = sorted({r["epoch"] for r in rows})
+    print(markdown(rows) if {4, 8, 12, 16} <= set(evaluated) else markdown(rows, tuple(evaluated[:-1])))
     print(by_variant(rows))
     return 0
 
@@ -103,6 +105,8 @@ def by_variant(rows: list[dict], upto: int = 16) -> str:
     """One line per variant over all seeds, epochs up to `upto` only (the one-switch variants run 16): per
     attack that has variants, the gap at `upto` per seed, the worst gap, and PACC - ReTrain at `upto` per seed."""
     attacks = sorted({r["attack"] for r in rows if r["method"] != "rga"})  # where variants ran
+    if not attacks:
+        return ""
     head = "| variant | " + " | ".join(f"{a}: gap at {upto}, per seed | worst gap to {upto} | PACC − ReTrain at {upto}"
                                          for a in attacks) + " |"
     out = ["", head, "|---" * (1 + 3 * len(attacks)) + "|"]
