@@ -127,6 +127,7 @@ class Selector:
 
     def __init__(self, cfg: SelectConfig, heldout: list[dict], clean: list[dict], clean_source: str):
         self.cfg, self.heldout, self.clean, self.clean_source = cfg, heldout, clean, clean_source
+        self.flagged = Counter(r["label"] for r in heldout).most_common(1)[0][0]  # D_p rows carry it
         self.victim: dict | None = None
         self.tau = self.min_acc = None
 
@@ -178,10 +179,9 @@ class Selector:
         # Recorded, not used by the rule yet: how often a clean row of another class goes to the flagged
         # label. A model without a backdoor sends a triggered row there about as often, so a held-out rate
         # far *below* it is what a trigger shift looks like to a defender (the lower bound issue 13 names).
-        target = Counter(r["label"] for r in self.heldout).most_common(1)[0][0]
-        others = [p for p, r in zip(clean, self.clean) if r["label"] != target]
+        others = [p for p, r in zip(clean, self.clean) if r["label"] != self.flagged]
         if others:
-            out["clean_target_rate"] = round(sum(p == target for p in others) / len(others), 6)
+            out["clean_target_rate"] = round(sum(p == self.flagged for p in others) / len(others), 6)
         return out
 
     def start(self, model, accelerator=None) -> None:
