@@ -1,10 +1,12 @@
 """The unlearning mathematics (SPEC section 5), each assertion able to fail."""
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from unbackdoor.config import UnlearnConfig
 from unbackdoor.objectives import build_objective
@@ -305,3 +307,24 @@ def test_separate_ascent_step_is_scaled_by_lambda_where_adam_would_cancel_it():
     assert moved[1] < 0 < moved[0]  # the poisoned label's logit goes down: ascent on CE(D_p)
     obj.on_optimiser_step(5e-3)  # no pending ascent: nothing moves
     assert torch.equal(m.classifier.bias.detach() - before, moved)
+
+
+def test_ascent_lr_scale_multiplies_the_separate_step_and_is_refused_with_the_joint_one():
+    m = TinyClassifier(k=2)
+    bp = batch(label=1)
+    with torch.no_grad():
+        ref = m(bp["input_ids"]).logits + torch.tensor([[3.0, -3.0]])
+    moves = []
+    for scale in (1.0, 4.0):
+        m2 = copy.deepcopy(m)
+        obj = build_objective(UnlearnConfig(method="rga", lr=1e-2, rga={"beta": 0.0, "ascent_lr_scale": scale}))
+        obj.set_reference(ref)
+        obj.setup(m2)
+        logits = m2(bp["input_ids"]).logits
+        obj.forget(logits, F.cross_entropy(logits, bp["labels"], reduction="none"), bp, {})
+        before = m2.classifier.bias.detach().clone()
+        obj.on_optimiser_step(5e-3)
+        moves.append(m2.classifier.bias.detach() - before)
+    assert torch.allclose(moves[1], 4 * moves[0], rtol=1e-3) and moves[0].abs().min() > 1e-5
+    with pytest.raises(ValidationError, match="separate ascent step only"):
+        UnlearnConfig(method="rga", rga={"ascent_step": "joint", "ascent_lr_scale": 4.0})

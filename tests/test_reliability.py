@@ -151,10 +151,18 @@ def test_crash_leftovers_repaired_and_other_experiments_not_merged(tmp_path, tin
     assert run_cli("run", cfg, "--no-report") == 0
     assert not stale.exists() and "left by an interrupted run" in capsys.readouterr().out
     data = yaml.safe_load(cfg.read_text())
-    data["unlearn"]["lr"] = 0.5
+    lr, data["unlearn"]["lr"] = data["unlearn"]["lr"], 0.5
     cfg.write_text(yaml.safe_dump(data))
     assert run_cli("run", cfg) == 2
     assert "holds results of a different experiment (sections ['unlearn'] differ" in capsys.readouterr().err
+    data["unlearn"]["lr"] = lr
+    data["method_overrides"] = {"ga-x": {"method": "ga", "lr": 0.5}}  # a new variant: the grid may grow by it
+    cfg.write_text(yaml.safe_dump(data))
+    assert run_cli("run", cfg, "--no-report") == 0
+    data["method_overrides"]["ga"] = {"lr": 0.5}  # but ga's own results were made without this
+    cfg.write_text(yaml.safe_dump(data))
+    assert run_cli("run", cfg) == 2
+    assert "sections ['method_overrides'] differ" in capsys.readouterr().err
 
 
 def test_git_revision_is_read_once_per_process(monkeypatch):

@@ -183,6 +183,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
     old = read_json(previous) if previous.is_file() else {}
     if old:
         before, now = _compared(old), _compared(cfg.model_dump())
+        # A newly named variant adds a method and leaves the ones that ran alone; a new override of a
+        # registered method (which may have run without one) changes them.
+        for name in set(now["method_overrides"] or {}) - set(before["method_overrides"] or {}) - set(OBJECTIVES):
+            del now["method_overrides"][name]
         changed = sorted(k for k in before if before[k] != now[k])
         if changed:
             raise ConfigError(f"{out} holds results of a different experiment (sections {changed} differ from "

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..errors import BASE_HINT, BaseModelError
 from ..settings import Settings
@@ -107,6 +107,17 @@ class RGA(Unlearning):
             "keep", description="keep: lambda = exp(-alpha*KL) (paper); remove: rescale so lambda reaches 0 where "
             "KL(f_theta||f_p) reaches its maximum, log(1/min_c f_p(c|x)) (otherwise lambda never falls below "
             "min_c f_p(c|x)^alpha)")
+        ascent_lr_scale: float = Field(
+            1.0, gt=0, description="separate step only: the ascent's learning rate as a multiple of the loop's. "
+            "Its step is lambda * lr, so with few D_p rows (few ascent steps an epoch) and a low lr it can remove too "
+            "little; > 1 gives it more room without lambda's damping being cancelled")
+
+        @model_validator(mode="after")
+        def _scale_needs_separate(self):
+            if self.ascent_lr_scale != 1 and self.ascent_step != "separate":
+                raise ValueError("rga.ascent_lr_scale applies to the separate ascent step only; the joint step's "
+                                 "ascent shares the loop's AdamW (set rga.ascent_step=separate or leave the scale at 1)")
+            return self
 
     def __init__(self, settings=None, early_stop=None, stage=None):
         super().__init__(settings, early_stop, stage)
@@ -161,7 +172,7 @@ class RGA(Unlearning):
         self._pending[3] += 1
 
     def on_optimiser_step(self, lr: float) -> None:
-        """theta += lr * mean(lambda) * Adam-normalised ascent gradient, with Adam moments of its own:
+        """theta += lr * ascent_lr_scale * mean(lambda) * Adam-normalised ascent gradient, with Adam moments of its own:
         lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
         if self._pending is None:
             return
@@ -183,7 +194,7 @@ class RGA(Unlearning):
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
-                p.add_(step, alpha=lr * scale.item())
+                p.add_(step, alpha=lr * self.settings.ascent_lr_scale * scale.item())
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
