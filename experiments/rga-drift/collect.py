@@ -45,8 +45,11 @@ def variant(run: dict) -> str:
     from unbackdoor.config import UnlearnConfig
 
     cfg = run["config"]
-    default = UnlearnConfig(method="rga", seed=cfg.get("seed", 42)).rga.model_dump()
-    return "default" if run["method"] == "rga" and cfg.get("rga") == default else run["method"]
+    if run["method"] != "rga" or not isinstance(cfg.get("rga"), dict):
+        return run["method"]
+    # Validated, so a setting added since the run was made counts at its default (which the run had).
+    ran = UnlearnConfig(method="rga", rga=cfg["rga"]).rga.model_dump()
+    return "default" if ran == UnlearnConfig(method="rga").rga.model_dump() else run["method"]
 
 
 def merge_summary(path: Path, new: list[dict]) -> None:

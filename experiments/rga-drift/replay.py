@@ -1,0 +1,62 @@
+"""Replay selection rules on the statistics keep runs recorded (select.epochs), without training.
+
+Each rule sees only the held-out D_p target rate and clean accuracy at the checks, as the package's rule
+does; the test set only scores the epoch it picks. Checks are restricted to the epochs the run evaluated
+on the test set (every 2 at demo scale, every 5 at full data), as if select.every were that interval, so
+that every pick has a test score. Choosing a rule by this table would tune it on the test set: it says
+which ideas are worth a fresh seed, not which rule is right.
+
+Rules:
+  first      the package's rule: the first check with rate <= tau and clean accuracy >= the floor
+  confirm2   the second of two consecutive qualifying checks (one noisy check cannot decide)
+
+usage: python replay.py RESULTS_DIR [RESULTS_DIR ...]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from unbackdoor.selection import qualifies
+
+
+def first(checks, tau, floor):
+    return next((c for c in checks if qualifies(c, tau, floor)[0]), None)
+
+
+def confirm2(checks, tau, floor):
+    ok = [qualifies(c, tau, floor)[0] for c in checks]
+    return next((checks[i] for i in range(1, len(checks)) if ok[i] and ok[i - 1]), None)
+
+
+RULES = {"first": first, "confirm2": confirm2}
+
+
+def score(test: dict, rt: dict) -> str:
+    return f"{abs(test['pacc'] - rt['pacc']):.1f} / {test['target_shift_gap']:+.1f}"
+
+
+print("| cell | run | every | held out | " + " | ".join(f"{r}: epoch (ΔPACC / gap)" for r in RULES)
+      + " | last epoch | best in hindsight |")
+print("|---|---|---|---|" + "---|" * (len(RULES) + 2))
+for root in sys.argv[1:]:
+    for path in sorted(Path(root).glob("*/*/seed*/*/metrics.json")):
+        d = json.loads(path.read_text())
+        sel = d.get("select") or {}
+        if sel.get("action") != "keep":
+            continue
+        rt = json.loads((path.parent.parent / "retrain" / "metrics.json").read_text())["metrics"]["test"]
+        tests = {c["epoch"]: c["test"] for c in d["curve"]
+                 if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]}
+        checks = [e for e in sel["epochs"] if e["epoch"] in tests]
+        every = checks[1]["epoch"] - checks[0]["epoch"] if len(checks) > 1 else 1
+        picks = []
+        for rule in RULES.values():
+            c = rule(checks, sel["tau"], sel["min_clean_acc"])
+            picks.append(f"{c['epoch']} ({score(tests[c['epoch']], rt)})" if c else "none: last kept")
+        last = max(tests)
+        best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))
+        cell = path.parent.parent
+        print(f"| {cell.parent.name} s{cell.name[4:]} | {path.parent.name} ({Path(root).name}) | {every} | "
+              f"{sel['n_heldout']} | " + " | ".join(picks)
+              + f" | {last} ({score(tests[last], rt)}) | {best} ({score(tests[best], rt)}) |")
