@@ -116,7 +116,7 @@ class RGA(Unlearning):
         def _scale_needs_separate(self):
             if self.ascent_lr_scale != 1 and self.ascent_step != "separate":
                 raise ValueError("rga.ascent_lr_scale applies to the separate ascent step only; the joint step's "
-                                 "ascent shares the loop's AdamW (set rga.ascent_step=separate or leave the scale at 1)")
+                                 "ascent shares the loop's AdamW (set rga.ascent_step=separate or the scale to 1)")
             return self
 
     def __init__(self, settings=None, early_stop=None, stage=None):
@@ -172,8 +172,8 @@ class RGA(Unlearning):
         self._pending[3] += 1
 
     def on_optimiser_step(self, lr: float) -> None:
-        """theta += lr * ascent_lr_scale * mean(lambda) * Adam-normalised ascent gradient, with Adam moments of its own:
-        lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
+        """theta += lr * ascent_lr_scale * mean(lambda) * Adam-normalised ascent gradient, with Adam moments
+        of its own: lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
         if self._pending is None:
             return
         params, grads, lam_sum, n = self._pending
