@@ -7,7 +7,7 @@ that every pick has a test score. Choosing a rule by this table would tune it on
 which ideas are worth a fresh seed, not which rule is right.
 
 Rules:
-  first      the package's rule: the first check with rate <= tau and clean accuracy >= the floor
+  first      the package's rule (selection.first_qualifying): the first check with rate <= tau and clean accuracy >= the floor
   confirm2   the second of two consecutive qualifying checks (one noisy check cannot decide)
 
 usage: python replay.py RESULTS_DIR [RESULTS_DIR ...]
@@ -17,16 +17,16 @@ import json
 import sys
 from pathlib import Path
 
-from unbackdoor.selection import qualifies
+from unbackdoor.selection import first_qualifying, qualifies
 
 
 def first(checks, tau, floor):
-    return next((c for c in checks if qualifies(c, tau, floor)[0]), None)
+    return first_qualifying(checks, tau, floor)[0]  # the package's rule itself, not a copy of it
 
 
 def confirm2(checks, tau, floor):
     ok = [qualifies(c, tau, floor)[0] for c in checks]
-    return next((checks[i] for i in range(1, len(checks)) if ok[i] and ok[i - 1]), None)
+    return next((checks[i]["epoch"] for i in range(1, len(checks)) if ok[i] and ok[i - 1]), None)
 
 
 RULES = {"first": first, "confirm2": confirm2}
@@ -52,8 +52,8 @@ for root in sys.argv[1:]:
         every = checks[1]["epoch"] - checks[0]["epoch"] if len(checks) > 1 else 1
         picks = []
         for rule in RULES.values():
-            c = rule(checks, sel["tau"], sel["min_clean_acc"])
-            picks.append(f"{c['epoch']} ({score(tests[c['epoch']], rt)})" if c else "none: last kept")
+            e = rule(checks, sel["tau"], sel["min_clean_acc"])
+            picks.append(f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
         last = max(tests)
         best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))
         cell = path.parent.parent
