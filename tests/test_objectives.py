@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from unbackdoor.config import UnlearnConfig
 from unbackdoor.objectives import build_objective
 from unbackdoor.objectives.npo import npo_loss
-from unbackdoor.objectives.rga import kl_per_sample, l2_to_base, rga_lambda
+from unbackdoor.objectives.rga import RGA, kl_per_sample, l2_to_base, rga_lambda
 from unbackdoor.errors import ConfigError
 
 
@@ -328,3 +328,50 @@ def test_ascent_lr_scale_multiplies_the_separate_step_and_is_refused_with_the_jo
     assert torch.allclose(moves[1], 4 * moves[0], rtol=1e-3) and moves[0].abs().min() > 1e-5
     with pytest.raises(ValidationError, match="separate ascent step only"):
         UnlearnConfig(method="rga", rga={"ascent_step": "joint", "ascent_lr_scale": 4.0})
+
+
+def test_auto_ascent_scale_raises_a_small_epoch_of_ascent_to_min_epoch_ascent_and_never_lowers_one():
+    """auto: scale = max(1, min_epoch_ascent / (lr * ascent steps an epoch)); the steps are counted from f_p's
+    outputs on D_p (a row each) and the stage's batch size; the scale moves the weights as a fixed one would."""
+    m = TinyClassifier(k=2)
+    bp = batch(label=1)
+    with torch.no_grad():
+        ref = m(bp["input_ids"]).logits + torch.tensor([[3.0, -3.0]])
+
+    def built(rows, lr, **rga):
+        obj = build_objective(UnlearnConfig(method="rga", lr=lr, batch_size=32, rga={"beta": 0.0, **rga}))
+        obj.set_reference(ref.repeat(rows, 1)[:rows])  # one row of f_p's outputs per D_p sample
+        return obj
+
+    assert UnlearnConfig(method="rga").rga.ascent_lr_scale == "auto"  # the default
+    cases = {(64, 2e-5): 10.0,     # the authors' setting: 2 steps at 2e-5 move 4e-5 an epoch
+             (65, 2e-5): 4e-4 / 6e-5,  # a partial batch is a step
+             (1655, 2e-5): 1.0,    # full SST-2: 52 steps, 1.04e-3, above the minimum: left alone
+             (12, 1e-1): 1.0}      # a large lr is never scaled down
+    for (rows, lr), want in cases.items():
+        obj = built(rows, lr)
+        obj.setup(copy.deepcopy(m))
+        assert obj.scale == pytest.approx(want, rel=1e-9), (rows, lr)
+    doubled = built(64, 2e-5, min_epoch_ascent=8e-4)
+    doubled.setup(copy.deepcopy(m))
+    assert doubled.scale == pytest.approx(20.0)
+    # The resolved scale moves the weights as the same fixed scale does.
+    moves = []
+    for obj in (built(64, 2e-5), built(64, 2e-5, ascent_lr_scale=10.0)):
+        m2 = copy.deepcopy(m)
+        obj.setup(m2)
+        logs = {}
+        logits = m2(bp["input_ids"]).logits
+        obj.forget(logits, F.cross_entropy(logits, bp["labels"], reduction="none"), bp, logs)
+        before = m2.classifier.bias.detach().clone()
+        obj.on_optimiser_step(2e-5)
+        moves.append(m2.classifier.bias.detach() - before)
+        assert logs["ascent_lr_scale"] == pytest.approx(10.0)
+    assert torch.allclose(moves[0], moves[1]) and moves[0].abs().min() > 1e-6
+    # Without the unlearn config the batch size and lr are unknown: said, not guessed.
+    bare = RGA(RGA.Settings(beta=0.0))
+    bare.set_reference(ref)
+    with pytest.raises(ConfigError, match="build_objective"):
+        bare.setup(copy.deepcopy(m))
+    # The joint step has no separate lr: auto records 1, and only 1 or auto is accepted.
+    assert UnlearnConfig(method="rga", rga={"ascent_step": "joint"}).rga.ascent_lr_scale == 1.0

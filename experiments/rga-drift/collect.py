@@ -7,7 +7,8 @@ README's variant tables): each run's shift gap and PACC - ReTrain at epochs 4, 8
 evaluated epoch, where those were not all evaluated) and its last, and the worst shift gap over all its
 evaluations. Every call also merges its runs into
 OUT_DIR/summary.csv (the issue's columns; a run already there is replaced): variant `default` is RGA at
-the package's default settings, any other variant keeps its method name.
+the package's default settings, whatever the run's name (a fixed rga.ascent_lr_scale equal to what auto
+gives the run counts as auto); any other variant keeps its method name.
 The verdict of every epoch comes from unbackdoor.verdict.decide against the cell's ReTrain on the
 same rows (intermediate epochs may be evaluated on a subset; then ReTrain's matrices are not the same
 rows, and the verdict column says "n/a").
@@ -15,6 +16,7 @@ rows, and the verdict column says "n/a").
 
 import csv
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -43,13 +45,26 @@ SUMMARY = ["variant", "attack", "seed", "rows", "epoch", "pacc", "retrain_pacc",
 
 def variant(run: dict) -> str:
     from unbackdoor.config import UnlearnConfig
+    from unbackdoor.objectives.rga import auto_ascent_scale
 
     cfg = run["config"]
-    if run["method"] != "rga" or not isinstance(cfg.get("rga"), dict):
+    loop = ("weight_decay", "reset_optimizer", "clean_sampling")  # the unlearning loop's switches RGA runs under
+    package = UnlearnConfig(method="rga")
+    if (cfg.get("method") != "rga" or not isinstance(cfg.get("rga"), dict)
+            or any(cfg.get(k) != getattr(package, k) for k in loop)):
         return run["method"]
-    # Validated, so a setting added since the run was made counts at its default (which the run had).
-    ran = UnlearnConfig(method="rga", rga=cfg["rga"]).rga.model_dump()
-    return "default" if ran == UnlearnConfig(method="rga").rga.model_dump() else run["method"]
+    # Validated, so a setting added since the run was made counts at the value the run had: its default,
+    # except rga.ascent_lr_scale, which did not exist before it was 1 and whose default is now auto.
+    ran = UnlearnConfig(method="rga", rga={"ascent_lr_scale": 1.0, **cfg["rga"]}).rga
+    default = package.rga
+    if ran.ascent_step == "separate" and ran.ascent_lr_scale != "auto":
+        # A fixed scale equal to what auto gives on this run's rows, batch and lr is the default's run.
+        select = run.get("select") or {}
+        rows = run["n_poisoned"] - (select.get("n_heldout") or 0 if select.get("action", "off") != "off" else 0)
+        auto = auto_ascent_scale(rows, cfg["batch_size"], cfg["lr"], default.min_epoch_ascent)
+        if math.isclose(ran.ascent_lr_scale, auto, rel_tol=1e-9):
+            ran = ran.model_copy(update={"ascent_lr_scale": "auto", "min_epoch_ascent": default.min_epoch_ascent})
+    return "default" if ran.model_dump() == default.model_dump() else run["method"]
 
 
 def merge_summary(path: Path, new: list[dict]) -> None:

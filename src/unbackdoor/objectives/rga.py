@@ -3,13 +3,14 @@ lambda = exp(-alpha * KL(f_theta(.|x_p) || f_p(.|x_p))), computed without gradie
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from ..errors import BASE_HINT, BaseModelError
+from ..errors import BASE_HINT, BaseModelError, ConfigError
 from ..settings import Settings
 from . import register
 from .base import Unlearning
@@ -50,6 +51,13 @@ def rga_lambda(logits, ref_logits, alpha: float, direction: str = "current_poiso
             low = torch.exp(-alpha * reduce(kl_cap(ref_logits)))
             lam = ((lam - low) / (1 - low).clamp_min(1e-12)).clamp(0, 1)
         return lam, kl
+
+
+def auto_ascent_scale(rows: int, batch_size: int, lr: float, min_epoch_ascent: float) -> float:
+    """rga.ascent_lr_scale=auto: the smallest scale >= 1 with lr * scale * ceil(rows / batch_size) >=
+    min_epoch_ascent. Adam moves a coordinate by about lr * lambda a step whatever its gradient's size, so
+    this product is how far an epoch of ascent can carry the model, and it grows with the rows flagged."""
+    return max(1.0, min_epoch_ascent / (math.ceil(rows / batch_size) * lr))
 
 
 def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -107,16 +115,23 @@ class RGA(Unlearning):
             "keep", description="keep: lambda = exp(-alpha*KL) (paper); remove: rescale so lambda reaches 0 where "
             "KL(f_theta||f_p) reaches its maximum, log(1/min_c f_p(c|x)) (otherwise lambda never falls below "
             "min_c f_p(c|x)^alpha)")
-        ascent_lr_scale: float = Field(
-            1.0, gt=0, description="separate step only: the ascent's learning rate as a multiple of the loop's. "
-            "Its step is lambda * lr, so with few D_p rows (few ascent steps an epoch) and a low lr it can remove too "
-            "little; > 1 gives it more room without lambda's damping being cancelled")
+        ascent_lr_scale: float | Literal["auto"] = Field(
+            "auto", description="separate step only: the ascent's learning rate as a multiple of the loop's. Its step "
+            "is lambda * lr * scale, so with few D_p rows (few ascent steps an epoch) and a low lr it can remove too "
+            "little. auto: the smallest scale >= 1 that gives lr * scale * (ascent steps an epoch) >= min_epoch_ascent")
+        min_epoch_ascent: float = Field(
+            4e-4, gt=0, description="ascent_lr_scale=auto: the least lr * scale * steps an epoch. 4e-4 is the smallest "
+            "at which the default removed the backdoor in experiments/rga-drift (the authors' setting, 2 steps an epoch "
+            "at 2e-5, scale 10); at 2e-4 AddSent's stayed. Full SST-2 (9.4e-4) and the demo sizes (1.2e-3 and up) are "
+            "above it and keep scale 1")
 
         @model_validator(mode="after")
         def _scale_needs_separate(self):
-            if self.ascent_lr_scale != 1 and self.ascent_step != "separate":
-                raise ValueError("rga.ascent_lr_scale applies to the separate ascent step only; the joint step's "
-                                 "ascent shares the loop's AdamW (set rga.ascent_step=separate or the scale to 1)")
+            if self.ascent_step != "separate":
+                if self.ascent_lr_scale not in (1, "auto"):
+                    raise ValueError("rga.ascent_lr_scale applies to the separate ascent step only; the joint step's "
+                                     "ascent shares the loop's AdamW (set rga.ascent_step=separate or the scale to 1)")
+                self.__dict__["ascent_lr_scale"] = 1.0  # nothing to scale: recorded as what ran (no re-validation)
             return self
 
     def __init__(self, settings=None, early_stop=None, stage=None):
@@ -127,6 +142,7 @@ class RGA(Unlearning):
         self._ascent_steps = 0
         self._accelerator = None
         self._pending = None  # [params, summed ascent gradients, summed lambda, micro-batches] until the step
+        self.scale = 1.0  # the ascent's lr multiple, resolved in setup()
 
     @property
     def needs_base(self) -> bool:
@@ -147,12 +163,33 @@ class RGA(Unlearning):
                                      f"{BASE_HINT}")
             named = dict(model.named_parameters())
             self.pairs = [(named[n], b.to(named[n].device)) for n, b in self.base_params.items() if n in named]
+        self.scale = self._ascent_scale(accelerator)
+
+    def _ascent_scale(self, accelerator=None) -> float:
+        """The separate ascent's lr multiple; auto (auto_ascent_scale) raises it when the flagged rows are
+        too few for an epoch of ascent to remove the backdoor: 64 rows at batch 32 and lr 2e-5 move 4e-5,
+        and left the authors' setting's backdoor in experiments/rga-drift."""
+        s = self.settings
+        if s.ascent_step != "separate" or s.ascent_lr_scale != "auto":
+            return float(s.ascent_lr_scale) if s.ascent_step == "separate" else 1.0
+        if self.stage is None:
+            raise ConfigError("rga.ascent_lr_scale=auto counts the ascent's steps an epoch with the unlearn config's "
+                              "batch_size and lr: build the objective with build_objective(cfg), or set a number")
+        # f_p's outputs hold one row per D_p sample: the rows the loop will ascend on.
+        rows, batch, lr = len(self.ref_logits), self.stage.batch_size, self.stage.lr
+        scale = auto_ascent_scale(rows, batch, lr, s.min_epoch_ascent)
+        if scale > 1:
+            (accelerator.print if accelerator is not None else print)(
+                f"rga: ascent lr scale {scale:.3g} (auto: {math.ceil(rows / batch)} ascent steps an epoch at lr "
+                f"{lr:g} move {math.ceil(rows / batch) * lr:.2g} < rga.min_epoch_ascent {s.min_epoch_ascent:g})")
+        return scale
 
     def forget(self, logits, ce_each, batch, logs):
         s = self.settings
         lam, kl = rga_lambda(logits, self.reference(batch), s.alpha, s.kl_direction, s.lambda_mode, s.lambda_floor)
         logs.update({"lambda": lam.mean().item(), "kl": kl.mean().item()})
         if s.ascent_step == "separate":
+            logs["ascent_lr_scale"] = self.scale
             self._accumulate_ascent(ce_each, lam)
             return 0.0
         return -(lam * ce_each.mean()) if s.lambda_mode == "batch" else -(lam * ce_each).mean()
@@ -172,7 +209,7 @@ class RGA(Unlearning):
         self._pending[3] += 1
 
     def on_optimiser_step(self, lr: float) -> None:
-        """theta += lr * ascent_lr_scale * mean(lambda) * Adam-normalised ascent gradient, with Adam moments
+        """theta += lr * self.scale * mean(lambda) * Adam-normalised ascent gradient, with Adam moments
         of its own: lambda sets the size of the ascent's step on every coordinate, so Adam cannot cancel it."""
         if self._pending is None:
             return
@@ -194,7 +231,7 @@ class RGA(Unlearning):
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
-                p.add_(step, alpha=lr * self.settings.ascent_lr_scale * scale.item())
+                p.add_(step, alpha=lr * self.scale * scale.item())
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
