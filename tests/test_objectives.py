@@ -375,3 +375,6 @@ def test_auto_ascent_scale_raises_a_small_epoch_of_ascent_to_min_epoch_ascent_an
         bare.setup(copy.deepcopy(m))
     # The joint step has no separate lr: auto records 1, and only 1 or auto is accepted.
     assert UnlearnConfig(method="rga", rga={"ascent_step": "joint"}).rga.ascent_lr_scale == 1.0
+    for bad in (0, -2.0, "half"):
+        with pytest.raises(ValidationError, match="ascent_lr_scale"):
+            UnlearnConfig(method="rga", rga={"ascent_lr_scale": bad})

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import BASE_HINT, BaseModelError, ConfigError
 from ..settings import Settings
@@ -124,6 +124,13 @@ class RGA(Unlearning):
             "at which the default removed the backdoor in experiments/rga-drift (the authors' setting, 2 steps an epoch "
             "at 2e-5, scale 10); at 2e-4 AddSent's stayed. Full SST-2 (9.4e-4) and the demo sizes (1.2e-3 and up) are "
             "above it and keep scale 1")
+
+        @field_validator("ascent_lr_scale")
+        @classmethod
+        def _positive(cls, v):
+            if v != "auto" and not v > 0:
+                raise ValueError("rga.ascent_lr_scale must be 'auto' or a number > 0")
+            return v
 
         @model_validator(mode="after")
         def _scale_needs_separate(self):
