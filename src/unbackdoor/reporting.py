@@ -471,6 +471,7 @@ def figure_cost(rows, path: Path) -> list[Path]:
     """ΔPACC against CPU cost relative to ReTrain, one point per (attack, method), the marker open where
     the verdict is not *neutralised* or the model is degenerate; [] when no row has both numbers."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     points = [r for r in rows if r["method"] not in REFERENCES and r.get("cpu_vs_retrain") is not None
               and r.get("delta_pacc") is not None]
@@ -491,6 +492,10 @@ def figure_cost(rows, path: Path) -> list[Path]:
         ax.scatter([], [], color="grey", marker=markers[j % 8], label=a)
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
+    # Ticks at 1-2-5 with plain labels: the default log labels (3×10⁻¹ ...) overlap on a span under one decade.
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("CPU time to make the model ÷ ReTrain's (log)")
     ax.set_ylabel("ΔPACC (lower = closer to ReTrain)")
     ax.set_title("Removal: accuracy under the trigger against cost (open: not neutralised, or degenerate)", fontsize=9)
