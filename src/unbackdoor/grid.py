@@ -38,6 +38,9 @@ class ExperimentConfig(Strict):
     unlearn: UnlearnConfig = UnlearnConfig()
     method_overrides: dict[str, dict] = Field(default_factory=dict, description="per-method unlearn settings, e.g. {ga: {lr: 5e-5}}; an entry with its own 'method' is a named variant, e.g. {npo-b1: {method: npo, npo: {beta: 1.0}}}, run as its own row")
     attack_overrides: dict[str, dict] = Field(default_factory=dict, description="per-attack poison.attack settings, e.g. {hiddenkiller: {mode: add, rate: 0.1, poisoned_train: rga_reference}} (the authors' AG News setting)")
+    data_overrides: dict[str, dict] = Field(default_factory=dict, description="per-attack poison.data settings, e.g. "
+                                            "{stylebkd: {train_size: 2400}}: an attack whose victim needs more rows to learn "
+                                            "its trigger gets them without resizing the others; the report marks such rows")
     detectors: list[str] = Field(default_factory=list, description="also unlearn from each detector's flags (stage <method>-<detector>)")
     detect: DetectConfig = DetectConfig()
     poisoned_fractions: list[float] = Field(default_factory=list, description="also unlearn from a random share of the true D_p (stage <method>-gt<percent>)")
@@ -98,7 +101,7 @@ def _compared(data: dict) -> dict:
         data = json.loads(json.dumps(data.model_dump()))
     except ValueError:
         pass
-    return {k: data.get(k) for k in ("poison", "attack_overrides", "train", "unlearn", "method_overrides")}
+    return {k: data.get(k) for k in ("poison", "attack_overrides", "data_overrides", "train", "unlearn", "method_overrides")}
 
 
 def _stale_stages(cfg: ExperimentConfig, cells: list[Path]) -> list[str]:
@@ -148,6 +151,15 @@ def _attack_config(cfg: ExperimentConfig, attack: str) -> AttackConfig:
     return validate(AttackConfig, data, f"poison.attack with attack_overrides.{attack}")
 
 
+def _data_config(cfg: ExperimentConfig, attack: str, dataset: str) -> DataConfig:
+    over = cfg.data_overrides.get(attack, {})
+    if "dataset" in over:
+        # The grid's datasets say what is run; a per-attack dataset would file one dataset's results under another's.
+        raise ConfigError(f"data_overrides.{attack}.dataset: the dataset comes from 'datasets', not from a per-attack override")
+    data = {**cfg.poison.data.model_dump(exclude_unset=True), **over, "dataset": dataset}
+    return validate(DataConfig, data, f"poison.data with data_overrides.{attack}")
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> list[Path]:
     from .attacks import ATTACKS
     from .config import PoisonConfig
@@ -170,6 +182,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
         if a not in ATTACKS:
             raise ConfigError(f"attack_overrides: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
         _attack_config(cfg, a)  # a bad field fails now, not after the cells before it have run
+    for a in cfg.data_overrides:
+        if a not in ATTACKS:
+            raise ConfigError(f"data_overrides: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
+        _data_config(cfg, a, cfg.datasets[0] if cfg.datasets else "sst2")
     for s in cfg.eval_splits:
         if s not in ("test", "dev"):
             import difflib
@@ -206,7 +222,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
             for seed in cfg.seeds:
                 cell = cell_dir(cfg, folder_of[_dataset_key(dataset)], attack, seed)
                 tag = f"{cell.parents[1].name}/{attack}/seed{seed}"
-                pcfg = PoisonConfig(data=cfg.poison.data.model_copy(update={"dataset": dataset}),
+                pcfg = PoisonConfig(data=_data_config(cfg, attack, dataset),
                                     attack=_attack_config(cfg, attack), seed=seed)
                 if not (cell / "poisoned" / "meta.json").is_file():
                     log(f"[{tag}] poisoning")

@@ -44,6 +44,26 @@ def poisoning_setting(meta: dict) -> str:
     return setting + (f", imported {Path(how['file']).name}" if how["source"] == "file" else "")
 
 
+def _requested_rows(meta: dict):
+    config = meta.get("config")
+    return config.get("data", {}).get("train_size", "all") if isinstance(config, dict) else "unknown"
+
+
+def settings_of(results: list[dict]) -> list[str]:
+    """Each result's poisoning setting; where one dataset's cells were trained on different numbers of rows
+    (data_overrides), each setting also names its training rows, so rows of one size are never averaged with
+    or compared against another's, and the table says which is which."""
+    setting = [poisoning_setting(r.get("poison_meta", {})) for r in results]
+    sizes = defaultdict(set)
+    for r in results:
+        sizes[r["dataset"]].add(_requested_rows(r.get("poison_meta", {})))
+    for i, r in enumerate(results):
+        rows = r.get("poison_meta", {}).get("counts", {}).get("train")
+        if len(sizes[r["dataset"]]) > 1 and rows is not None:
+            setting[i] += f", {rows:,} training rows"
+    return setting
+
+
 def _dataset_rank(dataset: str) -> tuple:
     return (DATASET_ORDER.index(dataset), "") if dataset in DATASET_ORDER else (len(DATASET_ORDER), dataset)
 
@@ -150,7 +170,7 @@ def summarise(results: list[dict], split: str = "test") -> list[dict]:
     from .verdict import decide
 
     # Runs poisoned in different settings are different experiments: never averaged or compared together.
-    setting = [poisoning_setting(r.get("poison_meta", {})) for r in results]
+    setting = settings_of(results)
     retrain = {(r["dataset"], r["attack"], st, r["seed"]): r["metrics"][split] for r, st in zip(results, setting)
                if r["method"] == "retrain" and split in r["metrics"]}
     cost = {(r["dataset"], r["attack"], st, r["seed"]): training_cost(r)[1] for r, st in zip(results, setting)
@@ -348,7 +368,8 @@ def paper_comparison(rows) -> str:
         return ""
     return "\n".join(["## Against the paper (BERT-base, Tables 2 and 3, 3-seed means)", "",
                       "A named variant (e.g. npo-b1) stands beside the paper's row of the objective it runs. An attack "
-                      f"followed by a setting in brackets was poisoned otherwise than the paper's {PAPER_SETTING}.", "",
+                      f"followed by a setting in brackets was poisoned otherwise than the paper's {PAPER_SETTING}, or "
+                      "names its training rows where its dataset's cells were trained on different numbers of rows.", "",
                       *out])
 
 
