@@ -32,6 +32,21 @@ def test_rule_selects_the_first_qualifying_epoch():
     assert first_qualifying(stats, tau=0.1, min_acc=0.85)[0] == 4  # a tie with tau qualifies
 
 
+def test_a_tie_with_an_auto_tau_qualifies_despite_float_sums():
+    # AG News HiddenKiller, seed 43: victim clean accuracy 0.9, margin 0.1, so tau = (1 - 0.9) + 0.1, which is
+    # 0.19999999999999998 in floats; 12 of 60 held-out rows (0.2) still at the target must qualify, 13 must not.
+    tau, min_acc = (1 - 0.9) + 0.1, 0.9 - 0.05
+    assert tau < 0.2
+    stats = _epochs((0.366667, 0.872), (13 / 60, 0.888), (12 / 60, 0.888))
+    assert first_qualifying(stats, tau, min_acc)[0] == 3
+    assert first_qualifying(stats[:2], tau, min_acc)[0] is None
+    # The same for the accuracy floor: a victim at 0.53 gives min_acc 0.48000000000000004; 0.48 qualifies.
+    min_acc = 0.53 - 0.05
+    assert min_acc > 0.48
+    assert first_qualifying(_epochs((0.1, 0.48)), tau, min_acc)[0] == 1
+    assert first_qualifying(_epochs((0.1, 0.478)), tau, min_acc)[0] is None
+
+
 def test_statistics_count_the_flagged_label_on_held_out_and_on_clean_rows_of_other_classes(monkeypatch):
     from unbackdoor import batches
 

@@ -73,7 +73,11 @@ class SelectConfig(Settings):
 # ---------------------------------------------------------------- the rule, on numbers alone
 
 def qualifies(stats: dict, tau: float, min_acc: float) -> tuple[bool, str]:
-    rate, acc = stats["heldout_target_rate"], stats["clean_acc"]
+    # Compared at the 6 decimals the statistics are stored with: tau and min_acc are sums of such shares and a
+    # margin, and 0.1 + 0.1 is 0.19999999999999998, so without rounding a rate of exactly 0.2 (12 of 60 rows)
+    # failed tau = 0.2 (seen on AG News HiddenKiller, experiments/agnews-all-attacks/hk-variants.md).
+    rate, acc = round(stats["heldout_target_rate"], 6), round(stats["clean_acc"], 6)
+    tau, min_acc = round(tau, 6), round(min_acc, 6)
     if rate > tau:
         return False, f"held-out D_p target rate {rate:.3f} > tau {tau:.3f}"
     if acc < min_acc:
