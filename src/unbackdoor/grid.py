@@ -176,16 +176,15 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, log=print) -> l
     for a in cfg.attacks:
         if a not in ATTACKS:
             raise ConfigError(f"attacks: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
-    for a in cfg.attack_overrides:
-        # Checked against every attack, not this grid's: a preset's override stays valid when a command runs
-        # one attack of it (attacks=[badnets]), while a typo would silently run the paper's setting instead.
-        if a not in ATTACKS:
-            raise ConfigError(f"attack_overrides: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
-        _attack_config(cfg, a)  # a bad field fails now, not after the cells before it have run
-    for a in cfg.data_overrides:
-        if a not in ATTACKS:
-            raise ConfigError(f"data_overrides: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
-        _data_config(cfg, a, cfg.datasets[0] if cfg.datasets else "sst2")
+    per_attack = [("attack_overrides", lambda a: _attack_config(cfg, a)),
+                  ("data_overrides", lambda a: _data_config(cfg, a, cfg.datasets[0] if cfg.datasets else "sst2"))]
+    for field, build in per_attack:
+        for a in getattr(cfg, field):
+            # Checked against every attack, not this grid's: a preset's override stays valid when a command runs
+            # one attack of it (attacks=[badnets]), while a typo would silently run the paper's setting instead.
+            if a not in ATTACKS:
+                raise ConfigError(f"{field}: unknown attack '{a}'; valid attacks: {', '.join(sorted(ATTACKS))}")
+            build(a)  # a bad field fails now, not after the cells before it have run
     for s in cfg.eval_splits:
         if s not in ("test", "dev"):
             import difflib
