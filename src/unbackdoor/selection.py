@@ -75,7 +75,7 @@ class SelectConfig(Settings):
 def qualifies(stats: dict, tau: float, min_acc: float) -> tuple[bool, str]:
     # Compared at the 6 decimals the statistics are stored with: tau and min_acc are sums of such shares and a
     # margin, and 0.1 + 0.1 is 0.19999999999999998, so without rounding a rate of exactly 0.2 (12 of 60 rows)
-    # failed tau = 0.2 (seen on AG News HiddenKiller, experiments/agnews-all-attacks/hk-variants.md).
+    # failed tau = 0.2 (seen on AG News HiddenKiller, experiments/agnews-all-attacks/rga-variants.md).
     rate, acc = round(stats["heldout_target_rate"], 6), round(stats["clean_acc"], 6)
     tau, min_acc = round(tau, 6), round(min_acc, 6)
     if rate > tau:
