@@ -8,9 +8,10 @@ Writes rga-variants.md here.
 """
 
 import json
-import statistics
 from pathlib import Path
 
+from unbackdoor.artifacts import read_jsonl
+from unbackdoor.reporting import per_epoch
 from unbackdoor.verdict import decide
 
 HERE = Path(__file__).parent
@@ -28,12 +29,7 @@ def stage(attack, seed, method):
 
 
 def lambdas(path):
-    by_epoch = {}
-    for line in (path / "loss_log.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if "lambda" in r:
-            by_epoch.setdefault(r["epoch"], []).append(r["lambda"])
-    return {e: statistics.fmean(v) for e, v in by_epoch.items()}
+    return dict(zip(*per_epoch(read_jsonl(path / "loss_log.jsonl"), "lambda")))
 
 
 def seeds_of(attack):

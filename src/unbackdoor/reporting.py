@@ -391,7 +391,8 @@ def _save(fig, path: Path) -> list[Path]:
     return outs
 
 
-def _per_epoch(log: list[dict], key: str) -> tuple[list[int], list[float]]:
+def per_epoch(log: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, mean of `key` over each epoch's loss-log lines), for the lines that have it."""
     by = defaultdict(list)
     for r in log:
         if key in r:
@@ -407,7 +408,7 @@ def figure_poisoned_loss(cell_results: dict[str, dict], path: Path, log_scale: b
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for method in ("ga", "npo", "rga"):
         if method in cell_results:
-            e, v = _per_epoch(read_jsonl(cell_results[method]["dir"] / "loss_log.jsonl"), "ce_p")
+            e, v = per_epoch(read_jsonl(cell_results[method]["dir"] / "loss_log.jsonl"), "ce_p")
             ax.plot(e, v, marker="o", ms=3, label=METHOD_NAMES[method])
     ax.set_xlabel("unlearning epoch")
     ax.set_ylabel("poisoned loss CE(D_p)")
@@ -447,7 +448,7 @@ def figure_training_dynamics(result: dict, path: Path, split: str = "test"):
     log = read_jsonl(result["dir"] / "loss_log.jsonl")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
     for key, name in (("ce_c", "clean loss CE(D_c)"), ("ce_p", "poisoned loss CE(D_p)")):
-        e, v = _per_epoch(log, key)
+        e, v = per_epoch(log, key)
         a1.plot(e, v, marker="o", ms=3, label=name)
     a1.set_xlabel("epoch")
     a1.set_ylabel("loss")
