@@ -15,28 +15,25 @@ rows, and the verdict column says "n/a").
 """
 
 import csv
-import json
 import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from unbackdoor.artifacts import read_jsonl
 from unbackdoor.grid import load_results
+from unbackdoor.reporting import per_epoch
 from unbackdoor.verdict import decide
 
 
 def epoch_means(loss_log: Path) -> dict[int, dict]:
     """Per-epoch means of the logged step values (lambda, KL, CE on D_p and D_c, L2)."""
-    sums = defaultdict(lambda: defaultdict(float))
-    counts = defaultdict(int)
-    if loss_log.is_file():
-        for line in loss_log.read_text().splitlines():
-            d = json.loads(line)
-            counts[d["epoch"]] += 1
-            for k in ("lambda", "kl", "ce_p", "ce_c", "l2"):
-                if k in d:
-                    sums[d["epoch"]][k] += d[k]
-    return {e: {k: v / counts[e] for k, v in s.items()} for e, s in sums.items()}
+    log = read_jsonl(loss_log) if loss_log.is_file() else []
+    means = defaultdict(dict)
+    for key in ("lambda", "kl", "ce_p", "ce_c", "l2"):
+        for epoch, value in zip(*per_epoch(log, key)):
+            means[epoch][key] = value
+    return means
 
 
 SUMMARY = ["variant", "attack", "seed", "rows", "epoch", "pacc", "retrain_pacc", "delta_pacc", "shift_gap",
