@@ -194,3 +194,16 @@ def test_no_cost_or_probe_section_for_runs_that_measured_neither(report):
     md = (report / "report.md").read_text()
     assert "## Cost, relearning" not in md and not (report / "figures" / "delta_pacc_vs_cost.png").exists()
     assert not {"cpu_s", "cpu_vs_retrain"} & set(next(csv.reader((report / "table.csv").open())))
+
+
+def test_no_figures_writes_the_same_tables_and_text_without_any_figure(folders, report, tmp_path):
+    _, dirs = folders
+    out = tmp_path / "plain"
+    assert run_cli("report", *dirs, "--out", out, "--no-figures") == 0
+    assert not (out / "figures").exists() and "![" not in (out / "report.md").read_text()
+    for name in ("table.csv", "table.md", "table.tex"):
+        assert (out / name).read_text() == (report / name).read_text()
+    # The text is the figured report's, line for line, without its image lines.
+    drawn = [ln for ln in (report / "report.md").read_text().splitlines() if ln and not ln.startswith("![")]
+    assert [ln for ln in (out / "report.md").read_text().splitlines() if ln] == drawn
+    assert (report / "figures").is_dir()  # the module's report, with figures, for contrast

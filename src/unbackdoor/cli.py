@@ -259,14 +259,17 @@ def run(config_file, overrides, no_report):
 @click.option("--split", type=click.Choice(["test", "dev"]), default="test")
 @click.option("--linear", is_flag=True, help="linear instead of log scale for the poisoned-loss figure")
 @click.option("--title", default=None, help="report title [default: the results folders]")
-def report(results_dirs, out, split, linear, title):
+@click.option("--no-figures", is_flag=True, help="tables and per-cell text only, no figures (e.g. a report over "
+              "folders whose figures another report already has)")
+def report(results_dirs, out, split, linear, title, no_figures):
     """Paper-style table (Markdown, CSV, LaTeX), figures and report.md from one results folder, or one
     Table 2 (dataset blocks in the paper's order) over several, e.g. one per dataset."""
     from .reporting import write_report
 
     if len(results_dirs) > 1 and out is None:
         raise click.UsageError("--out is required with several results folders")
-    click.echo(f"wrote {write_report(list(results_dirs), out, split, log_scale=not linear, title=title)}")
+    path = write_report(list(results_dirs), out, split, log_scale=not linear, title=title, figures=not no_figures)
+    click.echo(f"wrote {path}")
 
 
 @cli.command()

@@ -564,8 +564,9 @@ def load_many(results_dirs: list[Path]) -> list[dict]:
 
 
 def write_report(results_dir: str | Path | list, out_dir: str | Path | None = None, split: str = "test",
-                 log_scale: bool = True, extra_md: str = "", title: str | None = None) -> Path:
-    """The report of one results folder, or one report (one Table 2) over several."""
+                 log_scale: bool = True, extra_md: str = "", title: str | None = None, figures: bool = True) -> Path:
+    """The report of one results folder, or one report (one Table 2) over several. figures=False writes the
+    tables and per-cell text only: a report over folders whose figures another report already drew."""
     from .errors import DataError
 
     dirs = [Path(d) for d in results_dir] if isinstance(results_dir, (list, tuple)) else [Path(results_dir)]
@@ -589,7 +590,7 @@ def write_report(results_dir: str | Path | list, out_dir: str | Path | None = No
           "(`unbackdoor.verdict`): *backdoor* (the trigger still sends samples to the target class), *shifted* "
           "(it now sends them to another class), *neutralised*.", "",
           table_markdown(rows), table_extras_markdown(rows), paper_comparison(rows), extra_md]
-    if figure_cost(rows, out / "figures" / "delta_pacc_vs_cost"):
+    if figures and figure_cost(rows, out / "figures" / "delta_pacc_vs_cost"):
         md.append("![ΔPACC against CPU cost](figures/delta_pacc_vs_cost.png)\n")
     cells = defaultdict(dict)
     for r in results:
@@ -600,6 +601,8 @@ def write_report(results_dir: str | Path | list, out_dir: str | Path | None = No
         md += [f"## {dataset} / {attack} / seed {seed}", ""]
         md.append(verdict_sentences(cell, split))
         md.append(curve_table(cell, split))
+        if not figures:
+            continue
         _, paths = figure_confusions(cell, labels, fig_dir / "confusion", split)
         md.append(f"![confusion matrices]({paths[0].relative_to(out)})\n")
         if any(len(cell.get(m, {}).get("curve", [])) > 1 for m in ("ga", "npo", "rga")):
