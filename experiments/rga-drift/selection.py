@@ -77,3 +77,22 @@ if costs:
     print("\n| cell | stopped at epoch (ΔPACC / gap) | same epoch as keep | RGA wall / CPU s | ReTrain wall / CPU s | RGA ÷ ReTrain, wall / CPU |")
     print("|---|---|---|---|---|---|")
     print("\n".join(costs))
+
+# What a defender sees of a shift: a model that no longer reads the trigger as the target, but as a cue against
+# it, sends held-out D_p rows to the target *less* often than clean rows of their own class (clean_target_rate,
+# the model's own pull to the target). Per keep run that recorded it, at each epoch also scored on the test set:
+# held-out rate − clean pull (points) and the shift gap's excess over ReTrain's.
+signal = []
+for run, d in runs["keep"]:
+    checks = {c["epoch"]: c for c in d["select"]["epochs"] if "clean_target_rate" in c}
+    if not checks:
+        continue
+    rt = load(run.parent / "retrain" / "metrics.json")["metrics"]["test"]
+    pts = [f"{c['epoch']}: {100 * (checks[c['epoch']]['heldout_target_rate'] - checks[c['epoch']]['clean_target_rate']):+.0f}"
+           f" / {c['test']['target_shift_gap'] - rt['target_shift_gap']:+.0f}"
+           for c in d["curve"] if c["epoch"] in checks and "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]]
+    signal.append(f"| {name(run.parent)} {run.name} | {d['select']['n_heldout']} | " + ", ".join(pts) + " |")
+if signal:
+    print("\n| run | held-out rows | epoch: held-out rate − clean pull / shift gap − ReTrain's (points) |")
+    print("|---|---|---|")
+    print("\n".join(signal))
