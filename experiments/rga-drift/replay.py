@@ -9,6 +9,9 @@ which ideas are worth a fresh seed, not which rule is right.
 Rules:
   first      the package's rule (selection.first_qualifying): the first check with rate <= tau and clean accuracy >= the floor
   confirm2   the second of two consecutive qualifying checks (one noisy check cannot decide)
+  corrected  the first check whose held-out rate exceeds the model's own clean pull to the target (clean_target_rate,
+             recorded since revision cd600b7) by at most the margin (0.10, select.margin's default), with clean
+             accuracy >= the floor: the rate measured against the model's lean, not the victim's error
 
 usage: python replay.py RESULTS_DIR [RESULTS_DIR ...]
 """
@@ -29,7 +32,14 @@ def confirm2(checks, tau, floor):
     return next((checks[i]["epoch"] for i in range(1, len(checks)) if ok[i] and ok[i - 1]), None)
 
 
-RULES = {"first": first, "confirm2": confirm2}
+def corrected(checks, tau, floor, margin=0.10):
+    if not all("clean_target_rate" in c for c in checks):
+        return "n/a"
+    return next((c["epoch"] for c in checks if round(c["heldout_target_rate"] - c["clean_target_rate"], 6) <= margin
+                 and round(c["clean_acc"], 6) >= round(floor, 6)), None)
+
+
+RULES = {"first": first, "confirm2": confirm2, "corrected": corrected}
 
 
 def score(test: dict, rt: dict) -> str:
@@ -53,7 +63,7 @@ for root in sys.argv[1:]:
         picks = []
         for rule in RULES.values():
             e = rule(checks, sel["tau"], sel["min_clean_acc"])
-            picks.append(f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
+            picks.append("n/a" if e == "n/a" else f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
         last = max(tests)
         best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))
         cell = path.parent.parent
