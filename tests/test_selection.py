@@ -76,6 +76,29 @@ def test_rule_says_when_no_epoch_qualified():
     assert "lowest held-out D_p target rate 0.050 at epoch 3 with clean accuracy 0.600" in why
 
 
+def test_clean_pull_tau_measures_the_held_out_rate_against_the_models_own_lean():
+    # The shape of AddSent seed 2022 at full data (experiments/rga-drift): at epoch 1 the model leans away from
+    # the target (sends 2% of clean negatives there), so a held-out rate of 0.14 still means the trigger pulls
+    # (0.12 above the lean); a fixed tau of 0.25 takes it, clean_pull does not. At epoch 2 the lean is back
+    # (0.24) and the held-out rate 0.30 is within the margin of it: clean_pull takes it, the fixed tau does not.
+    stats = [{"epoch": 1, "heldout_target_rate": 0.14, "clean_acc": 0.88, "clean_target_rate": 0.02},
+             {"epoch": 2, "heldout_target_rate": 0.30, "clean_acc": 0.88, "clean_target_rate": 0.24}]
+    assert first_qualifying(stats, 0.25, 0.8)[0] == 1
+    epoch, why = first_qualifying(stats, "clean_pull", 0.8, margin=0.1)
+    assert epoch == 2 and "0.300 <= tau 0.340" in why
+    epoch, why = first_qualifying(stats[:1], "clean_pull", 0.8, margin=0.1)
+    assert epoch is None and why.startswith("no epoch qualified (tau clean pull + 0.100,")
+
+
+def test_clean_pull_needs_clean_rows_of_another_class(monkeypatch):
+    rows = [{"text": f"t{i}", "label": 1} for i in range(20)]
+    sel = Selector(SelectConfig(tau="clean_pull"), heldout=rows[:8], clean=rows[8:], clean_source="dev")
+    monkeypatch.setattr(sel, "statistics", lambda model, accelerator=None: {"heldout_target_rate": 1.0,
+                                                                              "clean_acc": 0.9})
+    with pytest.raises(ConfigError, match="select.tau=clean_pull: the 12 clean rows have no class other than"):
+        sel.start(model=None)
+
+
 # ---------------------------------------------------------------- settings
 
 def test_settings_are_validated_with_clear_errors():
@@ -86,9 +109,10 @@ def test_settings_are_validated_with_clear_errors():
                      ({"action": "always"}, "select.action"), ({"holdot": 0.2}, "select.holdot")):
         with pytest.raises(ConfigError, match=f"'{key}'|unknown key '{key}'"):
             validate(UnlearnConfig, {"select": bad})
-    with pytest.raises(ConfigError, match=r"'select.tau': Value error, tau must be 'auto' or a share in \[0, 1\] \(got 2\)"):
+    with pytest.raises(ConfigError, match=r"'select.tau': Value error, tau must be 'auto', 'clean_pull' or a share in \[0, 1\] \(got 2\)"):
         validate(UnlearnConfig, {"select": {"tau": 2}})
     assert validate(UnlearnConfig, {"select": {"tau": "0.3"}}).select.tau == 0.3  # as --select-tau passes it
+    assert validate(UnlearnConfig, {"select": {"tau": "clean_pull"}}).select.tau == "clean_pull"
     # YAML reads a bare `off` as false (action: off in a file, -s select.action=off): it still means off.
     assert validate(UnlearnConfig, {"select": {"action": False}}).select.action == "off"
 

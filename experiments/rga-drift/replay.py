@@ -9,9 +9,9 @@ which ideas are worth a fresh seed, not which rule is right.
 Rules:
   first      the package's rule (selection.first_qualifying): the first check with rate <= tau and clean accuracy >= the floor
   confirm2   the second of two consecutive qualifying checks (one noisy check cannot decide)
-  corrected  the first check whose held-out rate exceeds the model's own clean pull to the target (clean_target_rate,
-             recorded since revision cd600b7) by at most the margin (0.10, select.margin's default), with clean
-             accuracy >= the floor: the rate measured against the model's lean, not the victim's error
+  corrected  select.tau=clean_pull: the first check whose held-out rate exceeds the model's own clean pull to the
+             target (clean_target_rate, recorded since revision cd600b7) by at most the margin (0.10, select.margin's
+             default), with clean accuracy >= the floor: the rate against the model's lean, not the victim's error
 
 usage: python replay.py RESULTS_DIR [RESULTS_DIR ...]
 """
@@ -20,23 +20,24 @@ import json
 import sys
 from pathlib import Path
 
-from unbackdoor.selection import first_qualifying, qualifies
+from unbackdoor.selection import first_qualifying, qualifies, threshold
+
+MARGIN = 0.10  # select.margin's default, which every replayed run used
 
 
 def first(checks, tau, floor):
-    return first_qualifying(checks, tau, floor)[0]  # the package's rule itself, not a copy of it
+    return first_qualifying(checks, tau, floor, margin=MARGIN)[0]  # the package's rule itself, not a copy of it
 
 
 def confirm2(checks, tau, floor):
-    ok = [qualifies(c, tau, floor)[0] for c in checks]
+    ok = [qualifies(c, threshold(c, tau, MARGIN), floor)[0] for c in checks]
     return next((checks[i]["epoch"] for i in range(1, len(checks)) if ok[i] and ok[i - 1]), None)
 
 
-def corrected(checks, tau, floor, margin=0.10):
+def corrected(checks, tau, floor):
     if not all("clean_target_rate" in c for c in checks):
         return "n/a"
-    return next((c["epoch"] for c in checks if round(c["heldout_target_rate"] - c["clean_target_rate"], 6) <= margin
-                 and round(c["clean_acc"], 6) >= round(floor, 6)), None)
+    return first_qualifying(checks, "clean_pull", floor, margin=MARGIN)[0]  # the package's select.tau=clean_pull
 
 
 RULES = {"first": first, "confirm2": confirm2, "corrected": corrected}

@@ -58,7 +58,7 @@ for run, d in runs["keep"]:
     to_selected = [h for h in d["history"] if h["epoch"] <= (sel.get("selected_epoch") or 0)]
     cost = ratio(training_cost({"history": to_selected}), training_cost(retrain)) if to_selected else "– | – | –"
     rows.append(f"| {name(cell)} {run.name} | {picked} | {best['epoch']} ({fmt(best['test'], rt)}) | "
-                f"{full[-1]['epoch']} ({fmt(full[-1]['test'], rt)}) | {sel['tau']:.3f} | {sel.get('reason', '')} "
+                f"{full[-1]['epoch']} ({fmt(full[-1]['test'], rt)}) | {sel['tau'] if isinstance(sel['tau'], str) else format(sel['tau'], '.3f')} | {sel.get('reason', '')} "
                 f"| {cost} |")
 
 for run, s in runs["stop"]:

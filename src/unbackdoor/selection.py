@@ -16,6 +16,10 @@ attacker's target), D_c, and clean dev rows. So:
 
 tau="auto" is (1 - the victim's clean accuracy) + margin: a model without a backdoor predicts the
 target for a triggered row of another class about as often as it errs on clean rows.
+tau="clean_pull" (opt-in, not yet measured on fresh runs) is, at each check, the *current* model's share of
+clean rows of the other classes it predicts as the flagged label + margin: the held-out rate rises and falls
+with the model's own lean to the target, and a fixed tau then picks an epoch where the model leans away
+(experiments/rga-drift/README.md, the `corrected` replay).
 
 Nothing here reads a triggered dev or test set; tests/test_selection.py enforces it.
 """
@@ -29,6 +33,7 @@ from typing import Literal, Union
 
 from pydantic import Field, field_validator
 
+from .errors import ConfigError
 from .settings import Settings
 
 DECISION = ("selected", "reason", "metrics")  # an epoch entry's keys that are the decision, not statistics
@@ -43,9 +48,10 @@ class SelectConfig(Settings):
     holdout: float = Field(0.1, gt=0, le=0.5, description="share of D_p (at least 8 rows) held out of the ascent to "
                            "measure the backdoor on; with fewer than 16 rows in D_p selection is off")
     every: int = Field(1, ge=1, description="check every k epochs (and at the last)")
-    tau: Union[Literal["auto"], float] = Field(
+    tau: Union[Literal["auto", "clean_pull"], float] = Field(
         "auto", description="largest share of held-out D_p still predicted as its flagged label; auto = the victim's "
-        "clean error on the same clean rows + margin")
+        "clean error on the same clean rows + margin; clean_pull = at each check, the current model's share of clean "
+        "rows of other classes predicted as the flagged label + margin (opt-in, replayed only)")
     margin: float = Field(0.10, ge=0, le=1, description="added to the victim's clean error for tau=auto")
     max_acc_drop: float = Field(0.05, ge=0, le=1, description="an epoch qualifies only if its clean accuracy is at "
                                 "least the victim's minus this (a collapsed model also stops predicting the target)")
@@ -59,18 +65,24 @@ class SelectConfig(Settings):
     def _tau(cls, v):
         # One message instead of pydantic's one per member of the union.
         try:
-            ok = v == "auto" or (not isinstance(v, bool) and 0 <= float(v) <= 1)
+            ok = v in ("auto", "clean_pull") or (not isinstance(v, bool) and 0 <= float(v) <= 1)
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ValueError("tau must be 'auto' or a share in [0, 1]")
-        return v if v == "auto" else float(v)
+            raise ValueError("tau must be 'auto', 'clean_pull' or a share in [0, 1]")
+        return v if v in ("auto", "clean_pull") else float(v)
 
     dev_subset: int = Field(500, ge=0, description="clean rows for the accuracy check: a fixed class-stratified "
                             "subset of k dev rows (0 = all); without dev rows, a held-out slice of D_c of at most k")
 
 
 # ---------------------------------------------------------------- the rule, on numbers alone
+
+def threshold(stats: dict, tau, margin: float = 0.0) -> float:
+    """The held-out rate a check must not exceed: tau itself, or with tau="clean_pull" the checked model's
+    clean_target_rate + margin."""
+    return stats["clean_target_rate"] + margin if tau == "clean_pull" else tau
+
 
 def qualifies(stats: dict, tau: float, min_acc: float) -> tuple[bool, str]:
     # Compared at the 6 decimals the statistics are stored with: tau and min_acc are sums of such shares and a
@@ -85,17 +97,18 @@ def qualifies(stats: dict, tau: float, min_acc: float) -> tuple[bool, str]:
     return True, f"held-out D_p target rate {rate:.3f} <= tau {tau:.3f}, clean accuracy {acc:.3f} >= {min_acc:.3f}"
 
 
-def first_qualifying(epochs: list[dict], tau: float, min_acc: float) -> tuple[int | None, str]:
+def first_qualifying(epochs: list[dict], tau, min_acc: float, margin: float = 0.0) -> tuple[int | None, str]:
     """(the first epoch whose statistics qualify, why) or (None, why none did). `epochs`: dicts with
-    epoch, heldout_target_rate and clean_acc, in epoch order."""
+    epoch, heldout_target_rate and clean_acc (and clean_target_rate for tau="clean_pull"), in epoch order."""
     for stats in epochs:
-        ok, why = qualifies(stats, tau, min_acc)
+        ok, why = qualifies(stats, threshold(stats, tau, margin), min_acc)
         if ok:
             return stats["epoch"], f"epoch {stats['epoch']}: {why}"
     best = min(epochs, key=lambda s: s["heldout_target_rate"], default=None)
     if best is None:
         return None, "no epoch was checked"
-    return None, (f"no epoch qualified (tau {tau:.3f}, clean accuracy >= {min_acc:.3f}); lowest held-out D_p "
+    said = f"clean pull + {margin:.3f}" if tau == "clean_pull" else f"{tau:.3f}"
+    return None, (f"no epoch qualified (tau {said}, clean accuracy >= {min_acc:.3f}); lowest held-out D_p "
                   f"target rate {best['heldout_target_rate']:.3f} at epoch {best['epoch']} with clean accuracy "
                   f"{best['clean_acc']:.3f}")
 
@@ -192,11 +205,15 @@ class Selector:
         """The victim's statistics, before any update (the loop calls this before restoring a checkpoint)."""
         self.victim = self.statistics(model, accelerator)
         err = 1 - self.victim["clean_acc"]
-        self.tau = err + self.cfg.margin if self.cfg.tau == "auto" else float(self.cfg.tau)
+        if self.cfg.tau == "clean_pull" and "clean_target_rate" not in self.victim:
+            raise ConfigError(f"select.tau=clean_pull: the {len(self.clean)} clean rows have no class other than the "
+                              "flagged label, so there is no clean pull to measure; use tau=auto or a number")
+        self.tau = err + self.cfg.margin if self.cfg.tau == "auto" else self.cfg.tau  # a share, or "clean_pull"
         self.min_acc = self.victim["clean_acc"] - self.cfg.max_acc_drop
-        if self.victim["heldout_target_rate"] <= self.tau and _main(accelerator):
+        at_start = threshold(self.victim, self.tau, self.cfg.margin)
+        if self.victim["heldout_target_rate"] <= at_start and _main(accelerator):
             _warn(f"the victim already predicts the flagged label for only {self.victim['heldout_target_rate']:.3f} "
-                  f"of the held-out D_p rows (tau {self.tau:.3f}): these flags may not be its backdoor's rows, or "
+                  f"of the held-out D_p rows (tau {at_start:.3f}): these flags may not be its backdoor's rows, or "
                   "it has none; the first epoch checked will be selected")
 
     def due(self, epoch: int, final: bool) -> bool:
@@ -205,7 +222,7 @@ class Selector:
     def epoch_end(self, model, epoch: int, history: list[dict], final: bool, accelerator=None) -> dict:
         """This epoch's entry: its statistics and, when it decides, the decision."""
         stats = self.statistics(model, accelerator)
-        ok, why = qualifies(stats, self.tau, self.min_acc)
+        ok, why = qualifies(stats, threshold(stats, self.tau, self.cfg.margin), self.min_acc)
         entry = {**stats, "qualifies": ok}
         if any("selected" in h.get("select", {}) for h in history):
             return entry  # decided in an earlier epoch (keep goes on measuring, for the record)
@@ -217,7 +234,7 @@ class Selector:
         elif final:
             past = [{"epoch": h["epoch"], **h["select"]} for h in history if "select" in h]
             entry.update(selected=False, reason=first_qualifying(past + [{"epoch": epoch, **stats}],
-                                                                 self.tau, self.min_acc)[1]
+                                                                 self.tau, self.min_acc, self.cfg.margin)[1]
                          + f"; keeping the last model (epoch {epoch})")
             if _main(accelerator):
                 _warn(entry["reason"])
