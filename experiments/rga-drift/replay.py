@@ -61,9 +61,11 @@ for root in sys.argv[1:]:
                  if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]}
         checks = [e for e in sel["epochs"] if e["epoch"] in tests]
         every = checks[1]["epoch"] - checks[0]["epoch"] if len(checks) > 1 else 1
+        # A run made with tau=clean_pull recorded no fixed tau: the shipped rule's is the victim's error + margin.
+        tau = sel["tau"] if not isinstance(sel["tau"], str) else 1 - sel["victim"]["clean_acc"] + MARGIN
         picks = []
         for rule in RULES.values():
-            e = rule(checks, sel["tau"], sel["min_clean_acc"])
+            e = rule(checks, tau, sel["min_clean_acc"])
             picks.append("n/a" if e == "n/a" else f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
         last = max(tests)
         best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))
