@@ -52,7 +52,8 @@ class SelectConfig(Settings):
         "auto", description="largest share of held-out D_p still predicted as its flagged label; auto = the victim's "
         "clean error on the same clean rows + margin; clean_pull = at each check, the current model's share of clean "
         "rows of other classes predicted as the flagged label + margin (opt-in, replayed only)")
-    margin: float = Field(0.10, ge=0, le=1, description="added to the victim's clean error for tau=auto")
+    margin: float = Field(0.10, ge=0, le=1, description="added to the victim's clean error for tau=auto, and to the "
+                          "checked model's clean pull for tau=clean_pull")
     max_acc_drop: float = Field(0.05, ge=0, le=1, description="an epoch qualifies only if its clean accuracy is at "
                                 "least the victim's minus this (a collapsed model also stops predicting the target)")
     @field_validator("action", mode="before")
@@ -78,7 +79,7 @@ class SelectConfig(Settings):
 
 # ---------------------------------------------------------------- the rule, on numbers alone
 
-def threshold(stats: dict, tau, margin: float = 0.0) -> float:
+def threshold(stats: dict, tau, margin: float) -> float:
     """The held-out rate a check must not exceed: tau itself, or with tau="clean_pull" the checked model's
     clean_target_rate + margin."""
     return stats["clean_target_rate"] + margin if tau == "clean_pull" else tau
