@@ -6,6 +6,8 @@ on the test set (every 2 at demo scale, every 5 at full data), as if select.ever
 that every pick has a test score. Choosing a rule by this table would tune it on the test set: it says
 which ideas are worth a fresh seed, not which rule is right.
 
+A second table gives the package's two rules (tau auto and clean_pull) as a run applies them, at every epoch.
+
 Rules:
   first      the package's rule (selection.first_qualifying): the first check with rate <= tau and clean accuracy >= the floor
   confirm2   the second of two consecutive qualifying checks (one noisy check cannot decide)
@@ -47,6 +49,45 @@ def score(test: dict, rt: dict) -> str:
     return f"{abs(test['pacc'] - rt['pacc']):.1f} / {test['target_shift_gap']:+.1f}"
 
 
+def runs(roots):
+    """(cell folder, the RGA stage's metrics, ReTrain's test metrics) of every keep run."""
+    for root in roots:
+        for path in sorted(Path(root).glob("*/*/seed*/*/metrics.json")):
+            d = json.loads(path.read_text())
+            if (d.get("select") or {}).get("action") == "keep":
+                yield root, path, d, json.loads((path.parent.parent / "retrain" / "metrics.json").read_text())["metrics"]["test"]
+
+
+def every_epoch(roots) -> None:
+    """The two package rules as a run checks them (every epoch), not restricted to evaluated epochs. A pick is
+    scored where the run has a test score for it: its saved selected model (the rule it ran with) or an evaluated
+    epoch; otherwise it is named only."""
+    print("\n| cell | run | ran with | auto: epoch (ΔPACC / gap) | clean_pull: epoch (ΔPACC / gap) | epoch 30 |")
+    print("|---|---|---|---|---|---|")
+    for root, path, d, rt in runs(roots):
+        sel = d["select"]
+        if not all("clean_target_rate" in c for c in sel["epochs"]):
+            continue
+        tests = {c["epoch"]: c["test"] for c in d["curve"] if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]}
+        ran = sel.get("tau_setting", "fixed")
+        auto_tau = 1 - sel["victim"]["clean_acc"] + MARGIN
+        cols = []
+        for name, tau in (("auto", auto_tau), ("clean_pull", "clean_pull")):
+            e = first_qualifying(sel["epochs"], tau, sel["min_clean_acc"], margin=MARGIN)[0]
+            if e is None:
+                cols.append("none")
+            elif e == sel.get("selected_epoch") and sel.get("selected"):  # that epoch's model, whichever rule saved it
+                cols.append(f"{e} ({score(sel['selected']['test'], rt)}, saved)")
+            elif e in tests:
+                cols.append(f"{e} ({score(tests[e], rt)})")
+            else:
+                cols.append(f"{e} (not evaluated)")
+        last = max(tests)
+        cell = path.parent.parent
+        print(f"| {cell.parent.name} s{cell.name[4:]} | {path.parent.name} ({Path(root).name}) | {ran} | "
+              + " | ".join(cols) + f" | {last} ({score(tests[last], rt)}) |")
+
+
 print("| cell | run | every | held out | " + " | ".join(f"{r}: epoch (ΔPACC / gap)" for r in RULES)
       + " | last epoch | best in hindsight |")
 print("|---|---|---|---|" + "---|" * (len(RULES) + 2))
@@ -73,3 +114,4 @@ for root in sys.argv[1:]:
         print(f"| {cell.parent.name} s{cell.name[4:]} | {path.parent.name} ({Path(root).name}) | {every} | "
               f"{sel['n_heldout']} | " + " | ".join(picks)
               + f" | {last} ({score(tests[last], rt)}) | {best} ({score(tests[best], rt)}) |")
+every_epoch(sys.argv[1:])
