@@ -194,9 +194,9 @@ class Selector:
         rate = sum(p == r["label"] for p, r in zip(held, self.heldout)) / len(self.heldout)
         acc = sum(p == r["label"] for p, r in zip(clean, self.clean)) / len(self.clean)
         out = {"heldout_target_rate": round(rate, 6), "clean_acc": round(acc, 6)}
-        # Recorded, not used by the rule yet: how often a clean row of another class goes to the flagged
-        # label. A model without a backdoor sends a triggered row there about as often, so a held-out rate
-        # far *below* it is what a trigger shift looks like to a defender (the lower bound issue 13 names).
+        # How often a clean row of another class goes to the flagged label. A model without a backdoor sends
+        # a triggered row there about as often: tau=clean_pull measures the held-out rate against it, and a
+        # held-out rate far *below* it is what a trigger shift looks like to a defender (no rule uses that yet).
         others = [p for p, r in zip(clean, self.clean) if r["label"] != self.flagged]
         if others:
             out["clean_target_rate"] = round(sum(p == self.flagged for p in others) / len(others), 6)
