@@ -16,7 +16,7 @@ attacker's target), D_c, and clean dev rows. So:
 
 tau="auto" is (1 - the victim's clean accuracy) + margin: a model without a backdoor predicts the
 target for a triggered row of another class about as often as it errs on clean rows.
-tau="clean_pull" (opt-in, not yet measured on fresh runs) is, at each check, the *current* model's share of
+tau="clean_pull" (opt-in: it beat auto on replay, not on three fresh full-data cells) is, at each check, the *current* model's share of
 clean rows of the other classes it predicts as the flagged label + margin: the held-out rate rises and falls
 with the model's own lean to the target, and a fixed tau then picks an epoch where the model leans away
 (experiments/rga-drift/README.md, the `corrected` replay).
@@ -51,7 +51,7 @@ class SelectConfig(Settings):
     tau: Union[Literal["auto", "clean_pull"], float] = Field(
         "auto", description="largest share of held-out D_p still predicted as its flagged label; auto = the victim's "
         "clean error on the same clean rows + margin; clean_pull = at each check, the current model's share of clean "
-        "rows of other classes predicted as the flagged label + margin (opt-in, replayed only)")
+        "rows of other classes predicted as the flagged label + margin (opt-in; not better than auto on fresh runs)")
     margin: float = Field(0.10, ge=0, le=1, description="added to the victim's clean error for tau=auto, and to the "
                           "checked model's clean pull for tau=clean_pull")
     max_acc_drop: float = Field(0.05, ge=0, le=1, description="an epoch qualifies only if its clean accuracy is at "
