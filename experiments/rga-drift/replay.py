@@ -50,29 +50,41 @@ def score(test: dict, rt: dict) -> str:
 
 
 def runs(roots):
-    """(cell folder, the RGA stage's metrics, ReTrain's test metrics) of every keep run."""
+    """(results folder, the stage's metrics.json path, its metrics, its test metrics by evaluated epoch, ReTrain's
+    test metrics) of every keep run. Epochs evaluated on another triggered set size are left out."""
     for root in roots:
         for path in sorted(Path(root).glob("*/*/seed*/*/metrics.json")):
             d = json.loads(path.read_text())
-            if (d.get("select") or {}).get("action") == "keep":
-                yield root, path, d, json.loads((path.parent.parent / "retrain" / "metrics.json").read_text())["metrics"]["test"]
+            if (d.get("select") or {}).get("action") != "keep":
+                continue
+            rt = json.loads((path.parent.parent / "retrain" / "metrics.json").read_text())["metrics"]["test"]
+            tests = {c["epoch"]: c["test"] for c in d["curve"]
+                     if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]}
+            yield root, path, d, tests, rt
+
+
+def auto_tau(sel: dict) -> float:
+    # A run made with tau=clean_pull recorded no fixed tau: the shipped rule's is the victim's error + margin.
+    return sel["tau"] if not isinstance(sel["tau"], str) else 1 - sel["victim"]["clean_acc"] + MARGIN
+
+
+def label(root, path) -> str:
+    cell = path.parent.parent
+    return f"{cell.parent.name} s{cell.name[4:]} | {path.parent.name} ({Path(root).name})"
 
 
 def every_epoch(roots) -> None:
     """The two package rules as a run checks them (every epoch), not restricted to evaluated epochs. A pick is
-    scored where the run has a test score for it: its saved selected model (the rule it ran with) or an evaluated
-    epoch; otherwise it is named only."""
+    scored where the run has a test score for it: its saved selected model (whichever rule saved that epoch) or an
+    evaluated epoch; otherwise it is named only."""
     print("\n| cell | run | ran with | auto: epoch (ΔPACC / gap) | clean_pull: epoch (ΔPACC / gap) | epoch 30 |")
     print("|---|---|---|---|---|---|")
-    for root, path, d, rt in runs(roots):
+    for root, path, d, tests, rt in runs(roots):
         sel = d["select"]
         if not all("clean_target_rate" in c for c in sel["epochs"]):
             continue
-        tests = {c["epoch"]: c["test"] for c in d["curve"] if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]}
-        ran = sel.get("tau_setting", "fixed")
-        auto_tau = 1 - sel["victim"]["clean_acc"] + MARGIN
         cols = []
-        for name, tau in (("auto", auto_tau), ("clean_pull", "clean_pull")):
+        for tau in (auto_tau(sel), "clean_pull"):
             e = first_qualifying(sel["epochs"], tau, sel["min_clean_acc"], margin=MARGIN)[0]
             if e is None:
                 cols.append("none")
@@ -83,35 +95,22 @@ def every_epoch(roots) -> None:
             else:
                 cols.append(f"{e} (not evaluated)")
         last = max(tests)
-        cell = path.parent.parent
-        print(f"| {cell.parent.name} s{cell.name[4:]} | {path.parent.name} ({Path(root).name}) | {ran} | "
-              + " | ".join(cols) + f" | {last} ({score(tests[last], rt)}) |")
-
+        print(f"| {label(root, path)} | {sel.get('tau_setting', 'fixed')} | " + " | ".join(cols)
+              + f" | {last} ({score(tests[last], rt)}) |")
 
 print("| cell | run | every | held out | " + " | ".join(f"{r}: epoch (ΔPACC / gap)" for r in RULES)
       + " | last epoch | best in hindsight |")
 print("|---|---|---|---|" + "---|" * (len(RULES) + 2))
-for root in sys.argv[1:]:
-    for path in sorted(Path(root).glob("*/*/seed*/*/metrics.json")):
-        d = json.loads(path.read_text())
-        sel = d.get("select") or {}
-        if sel.get("action") != "keep":
-            continue
-        rt = json.loads((path.parent.parent / "retrain" / "metrics.json").read_text())["metrics"]["test"]
-        tests = {c["epoch"]: c["test"] for c in d["curve"]
-                 if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]}
-        checks = [e for e in sel["epochs"] if e["epoch"] in tests]
-        every = checks[1]["epoch"] - checks[0]["epoch"] if len(checks) > 1 else 1
-        # A run made with tau=clean_pull recorded no fixed tau: the shipped rule's is the victim's error + margin.
-        tau = sel["tau"] if not isinstance(sel["tau"], str) else 1 - sel["victim"]["clean_acc"] + MARGIN
-        picks = []
-        for rule in RULES.values():
-            e = rule(checks, tau, sel["min_clean_acc"])
-            picks.append("n/a" if e == "n/a" else f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
-        last = max(tests)
-        best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))
-        cell = path.parent.parent
-        print(f"| {cell.parent.name} s{cell.name[4:]} | {path.parent.name} ({Path(root).name}) | {every} | "
-              f"{sel['n_heldout']} | " + " | ".join(picks)
-              + f" | {last} ({score(tests[last], rt)}) | {best} ({score(tests[best], rt)}) |")
+for root, path, d, tests, rt in runs(sys.argv[1:]):
+    sel = d["select"]
+    checks = [e for e in sel["epochs"] if e["epoch"] in tests]
+    every = checks[1]["epoch"] - checks[0]["epoch"] if len(checks) > 1 else 1
+    picks = []
+    for rule in RULES.values():
+        e = rule(checks, auto_tau(sel), sel["min_clean_acc"])
+        picks.append("n/a" if e == "n/a" else f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
+    last = max(tests)
+    best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))
+    print(f"| {label(root, path)} | {every} | {sel['n_heldout']} | " + " | ".join(picks)
+          + f" | {last} ({score(tests[last], rt)}) | {best} ({score(tests[best], rt)}) |")
 every_epoch(sys.argv[1:])
