@@ -27,9 +27,9 @@ def _epochs(*pairs):
 
 def test_rule_selects_the_first_qualifying_epoch():
     stats = _epochs((0.9, 0.90), (0.4, 0.89), (0.2, 0.88), (0.1, 0.90), (0.05, 0.91))
-    epoch, why = first_qualifying(stats, tau=0.25, min_acc=0.85)
+    epoch, why = first_qualifying(stats, tau=0.25, min_acc=0.85, margin=0.1)
     assert epoch == 3 and why.startswith("epoch 3: held-out D_p target rate 0.200 <= tau 0.250")
-    assert first_qualifying(stats, tau=0.1, min_acc=0.85)[0] == 4  # a tie with tau qualifies
+    assert first_qualifying(stats, tau=0.1, min_acc=0.85, margin=0.1)[0] == 4  # a tie with tau qualifies
 
 
 def test_a_tie_with_an_auto_tau_qualifies_despite_float_sums():
@@ -38,13 +38,13 @@ def test_a_tie_with_an_auto_tau_qualifies_despite_float_sums():
     tau, min_acc = (1 - 0.9) + 0.1, 0.9 - 0.05
     assert tau < 0.2
     stats = _epochs((0.366667, 0.872), (13 / 60, 0.888), (12 / 60, 0.888))
-    assert first_qualifying(stats, tau, min_acc)[0] == 3
-    assert first_qualifying(stats[:2], tau, min_acc)[0] is None
+    assert first_qualifying(stats, tau, min_acc, margin=0.1)[0] == 3
+    assert first_qualifying(stats[:2], tau, min_acc, margin=0.1)[0] is None
     # The same for the accuracy floor: a victim at 0.53 gives min_acc 0.48000000000000004; 0.48 qualifies.
     min_acc = 0.53 - 0.05
     assert min_acc > 0.48
-    assert first_qualifying(_epochs((0.1, 0.48)), tau, min_acc)[0] == 1
-    assert first_qualifying(_epochs((0.1, 0.478)), tau, min_acc)[0] is None
+    assert first_qualifying(_epochs((0.1, 0.48)), tau, min_acc, margin=0.1)[0] == 1
+    assert first_qualifying(_epochs((0.1, 0.478)), tau, min_acc, margin=0.1)[0] is None
 
 
 def test_statistics_count_the_flagged_label_on_held_out_and_on_clean_rows_of_other_classes(monkeypatch):
@@ -65,12 +65,12 @@ def test_rule_refuses_an_epoch_whose_clean_accuracy_collapsed():
     # Epoch 2 has no backdoor left because it has no classifier left: a collapsed model also stops
     # predicting the target. The rule waits for epoch 4, which is clean and still accurate.
     stats = _epochs((0.8, 0.90), (0.0, 0.50), (0.1, 0.80), (0.1, 0.87))
-    epoch, _ = first_qualifying(stats, tau=0.2, min_acc=0.85)
+    epoch, _ = first_qualifying(stats, tau=0.2, min_acc=0.85, margin=0.1)
     assert epoch == 4
 
 
 def test_rule_says_when_no_epoch_qualified():
-    epoch, why = first_qualifying(_epochs((0.9, 0.9), (0.5, 0.9), (0.05, 0.6)), tau=0.2, min_acc=0.85)
+    epoch, why = first_qualifying(_epochs((0.9, 0.9), (0.5, 0.9), (0.05, 0.6)), tau=0.2, min_acc=0.85, margin=0.1)
     assert epoch is None
     assert why.startswith("no epoch qualified (tau 0.200, clean accuracy >= 0.850)")
     assert "lowest held-out D_p target rate 0.050 at epoch 3 with clean accuracy 0.600" in why
@@ -83,7 +83,7 @@ def test_clean_pull_tau_measures_the_held_out_rate_against_the_models_own_lean()
     # (0.24) and the held-out rate 0.30 is within the margin of it: clean_pull takes it, the fixed tau does not.
     stats = [{"epoch": 1, "heldout_target_rate": 0.14, "clean_acc": 0.88, "clean_target_rate": 0.02},
              {"epoch": 2, "heldout_target_rate": 0.30, "clean_acc": 0.88, "clean_target_rate": 0.24}]
-    assert first_qualifying(stats, 0.25, 0.8)[0] == 1
+    assert first_qualifying(stats, 0.25, 0.8, margin=0.1)[0] == 1
     epoch, why = first_qualifying(stats, "clean_pull", 0.8, margin=0.1)
     assert epoch == 2 and "0.300 <= tau 0.340" in why
     epoch, why = first_qualifying(stats[:1], "clean_pull", 0.8, margin=0.1)

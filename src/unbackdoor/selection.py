@@ -98,9 +98,10 @@ def qualifies(stats: dict, tau: float, min_acc: float) -> tuple[bool, str]:
     return True, f"held-out D_p target rate {rate:.3f} <= tau {tau:.3f}, clean accuracy {acc:.3f} >= {min_acc:.3f}"
 
 
-def first_qualifying(epochs: list[dict], tau, min_acc: float, margin: float = 0.0) -> tuple[int | None, str]:
+def first_qualifying(epochs: list[dict], tau, min_acc: float, *, margin: float) -> tuple[int | None, str]:
     """(the first epoch whose statistics qualify, why) or (None, why none did). `epochs`: dicts with
-    epoch, heldout_target_rate and clean_acc (and clean_target_rate for tau="clean_pull"), in epoch order."""
+    epoch, heldout_target_rate and clean_acc (and clean_target_rate for tau="clean_pull"), in epoch order.
+    margin is required, as in threshold(): a default of 0 would silently misjudge tau="clean_pull"."""
     for stats in epochs:
         ok, why = qualifies(stats, threshold(stats, tau, margin), min_acc)
         if ok:
@@ -235,7 +236,7 @@ class Selector:
         elif final:
             past = [{"epoch": h["epoch"], **h["select"]} for h in history if "select" in h]
             entry.update(selected=False, reason=first_qualifying(past + [{"epoch": epoch, **stats}],
-                                                                 self.tau, self.min_acc, self.cfg.margin)[1]
+                                                                 self.tau, self.min_acc, margin=self.cfg.margin)[1]
                          + f"; keeping the last model (epoch {epoch})")
             if _main(accelerator):
                 _warn(entry["reason"])
