@@ -42,11 +42,11 @@ for path in sorted(Path(sys.argv[1]).glob("*/*/seed*/*/metrics.json")):
     if action in runs:
         runs[action].append((path.parent, d))
 
-rows, costs, keep_epoch = [], [], {}
+rows, costs, keep_epoch, retrain_test = [], [], {}, {}
 for run, d in runs["keep"]:
     cell = run.parent
     retrain = load(cell / "retrain" / "metrics.json")
-    rt = retrain["metrics"]["test"]
+    rt = retrain_test[run] = retrain["metrics"]["test"]
     sel = d["select"]
     keep_epoch[cell] = sel["selected_epoch"]
     full = [c for c in d["curve"] if "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]]
@@ -87,7 +87,7 @@ for run, d in runs["keep"]:
     checks = {c["epoch"]: c for c in d["select"]["epochs"] if "clean_target_rate" in c}
     if not checks:
         continue
-    rt = load(run.parent / "retrain" / "metrics.json")["metrics"]["test"]
+    rt = retrain_test[run]
     pts = [f"{c['epoch']}: {100 * (checks[c['epoch']]['heldout_target_rate'] - checks[c['epoch']]['clean_target_rate']):+.0f}"
            f" / {c['test']['target_shift_gap'] - rt['target_shift_gap']:+.0f}"
            for c in d["curve"] if c["epoch"] in checks and "test" in c and c["test"]["n_triggered"] == rt["n_triggered"]]
