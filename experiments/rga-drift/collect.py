@@ -5,7 +5,8 @@ usage: python collect.py RESULTS_DIR OUT_DIR [TAG]
 With TAG the files are curves-TAG.csv and drift-TAG.png. It prints a markdown table per attack (the
 README's variant tables): each run's shift gap and PACC - ReTrain at epochs 4, 8, 12, 16 (or at every
 evaluated epoch, where those were not all evaluated) and its last, and the worst shift gap over all its
-evaluations. Every call also merges its runs into
+evaluations; then, where runs reached epoch 30, the issue's target checked per attack on the default's
+epoch-30 rows (target_check). Every call also merges its runs into
 OUT_DIR/summary.csv (the issue's columns; a run already there is replaced): variant `default` is RGA at
 the package's default settings, whatever the run's name (a fixed rga.ascent_lr_scale equal to what auto
 gives the run counts as auto); any other variant keeps its method name.
@@ -113,7 +114,31 @@ def main(results: Path, out: Path, tag: str = "") -> int:
     evaluated = sorted({r["epoch"] for r in rows})
     print(markdown(rows) if {4, 8, 12, 16} <= set(evaluated) else markdown(rows, tuple(evaluated[:-1])))
     print(by_variant(rows))
+    print(target_check(summary))
     return 0
+
+
+def target_check(summary: list[dict], epoch: int = 30, max_delta: float = 2.0, max_excess: float = 10.0) -> str:
+    """Issue 13's target on the default's rows at `epoch`, one line per attack: ΔPACC per seed, its mean and
+    sample sd, runs within max_delta, the largest shift-gap excess over ReTrain's, and whether the target
+    holds. ΔPACC is judged on the mean over seeds (as the paper reports it) and the gap in every run."""
+    final = [r for r in summary if r["variant"] == "default" and r["epoch"] == epoch]
+    if not final:
+        return ""
+    out = ["", f"| attack | ΔPACC at epoch {epoch}, per seed | mean ± sd | runs ≤ {max_delta:g} "
+           f"| largest gap − ReTrain's | target (mean ΔPACC ≤ {max_delta:g}, every gap within {max_excess:g}) |",
+           "|---|---|---|---|---|---|"]
+    for attack in sorted({r["attack"] for r in final}):
+        runs = sorted((r for r in final if r["attack"] == attack), key=lambda r: r["seed"])
+        deltas = [r["delta_pacc"] for r in runs]
+        mean = sum(deltas) / len(deltas)
+        sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1)) if len(deltas) > 1 else float("nan")
+        excess = max(r["shift_gap"] - r["retrain_shift_gap"] for r in runs)
+        misses = [part for part, ok in (("ΔPACC", mean <= max_delta), ("gap", excess <= max_excess)) if not ok]
+        out.append(f"| {attack} | " + " / ".join(f"{d:.2f} (s{r['seed']})" for d, r in zip(deltas, runs))
+                   + f" | {mean:.2f} ± {sd:.2f} | {sum(d <= max_delta for d in deltas)} of {len(deltas)} "
+                   f"| {excess:+.1f} | {'holds' if not misses else 'misses: ' + ', '.join(misses)} |")
+    return "\n".join(out)
 
 
 def by_variant(rows: list[dict], upto: int = 16) -> str:
