@@ -17,6 +17,7 @@ rows, and the verdict column says "n/a").
 
 import csv
 import math
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -135,8 +136,8 @@ def target_check(summary: list[dict], epoch: int = 30, max_delta: float = MAX_DE
     for attack in sorted({r["attack"] for r in final}):
         runs = sorted((r for r in final if r["attack"] == attack), key=lambda r: r["seed"])
         deltas = [r["delta_pacc"] for r in runs]
-        mean = sum(deltas) / len(deltas)
-        sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1)) if len(deltas) > 1 else float("nan")
+        mean = statistics.fmean(deltas)
+        sd = statistics.stdev(deltas) if len(deltas) > 1 else float("nan")
         excess = max(r["shift_gap"] - r["retrain_shift_gap"] for r in runs)
         misses = [part for part, ok in (("ΔPACC", mean <= max_delta), ("gap", excess <= max_excess)) if not ok]
         out.append(f"| {attack} | " + " / ".join(f"{d:.2f} (s{r['seed']})" for d, r in zip(deltas, runs))

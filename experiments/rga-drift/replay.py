@@ -12,8 +12,8 @@ Rules:
   first      the package's rule (selection.first_qualifying): the first check with rate <= tau and clean accuracy >= the floor
   confirm2   the second of two consecutive qualifying checks (one noisy check cannot decide)
   corrected  select.tau=clean_pull: the first check whose held-out rate exceeds the model's own clean pull to the
-             target (clean_target_rate, recorded since revision cd600b7) by at most the margin (0.10, select.margin's
-             default), with clean accuracy >= the floor: the rate against the model's lean, not the victim's error
+             target (clean_target_rate, recorded since revision cd600b7) by at most the run's select.margin
+             (recorded with its statistics), with clean accuracy >= the floor: the rate against the model's lean, not the victim's error
 
 usage: python replay.py RESULTS_DIR [RESULTS_DIR ...]
 """
@@ -22,24 +22,21 @@ import json
 import sys
 from pathlib import Path
 
-from unbackdoor.selection import first_qualifying, qualifies, threshold
+from unbackdoor.selection import auto_tau as package_auto_tau, first_qualifying, qualifies, threshold
 
-MARGIN = 0.10  # select.margin's default, which every replayed run used
-
-
-def first(checks, tau, floor):
-    return first_qualifying(checks, tau, floor, margin=MARGIN)[0]  # the package's rule itself, not a copy of it
+def first(checks, tau, floor, margin):
+    return first_qualifying(checks, tau, floor, margin=margin)[0]  # the package's rule itself, not a copy of it
 
 
-def confirm2(checks, tau, floor):
-    ok = [qualifies(c, threshold(c, tau, MARGIN), floor)[0] for c in checks]
+def confirm2(checks, tau, floor, margin):
+    ok = [qualifies(c, threshold(c, tau, margin), floor)[0] for c in checks]
     return next((checks[i]["epoch"] for i in range(1, len(checks)) if ok[i] and ok[i - 1]), None)
 
 
-def corrected(checks, tau, floor):
+def corrected(checks, tau, floor, margin):
     if not all("clean_target_rate" in c for c in checks):
         return "n/a"
-    return first_qualifying(checks, "clean_pull", floor, margin=MARGIN)[0]  # the package's select.tau=clean_pull
+    return first_qualifying(checks, "clean_pull", floor, margin=margin)[0]  # the package's select.tau=clean_pull
 
 
 RULES = {"first": first, "confirm2": confirm2, "corrected": corrected}
@@ -64,8 +61,8 @@ def runs(roots):
 
 
 def auto_tau(sel: dict) -> float:
-    # A run made with tau=clean_pull recorded no fixed tau: the shipped rule's is the victim's error + margin.
-    return sel["tau"] if not isinstance(sel["tau"], str) else 1 - sel["victim"]["clean_acc"] + MARGIN
+    # A run made with tau=clean_pull recorded no fixed tau: the shipped rule's, from its recorded victim.
+    return sel["tau"] if not isinstance(sel["tau"], str) else package_auto_tau(sel["victim"], sel["margin"])
 
 
 def label(root, path) -> str:
@@ -85,7 +82,7 @@ def every_epoch(roots) -> None:
             continue
         cols = []
         for tau in (auto_tau(sel), "clean_pull"):
-            e = first_qualifying(sel["epochs"], tau, sel["min_clean_acc"], margin=MARGIN)[0]
+            e = first_qualifying(sel["epochs"], tau, sel["min_clean_acc"], margin=sel["margin"])[0]
             if e is None:
                 cols.append("none")
             elif e == sel.get("selected_epoch") and sel.get("selected"):  # that epoch's model, whichever rule saved it
@@ -107,7 +104,7 @@ for root, path, d, tests, rt in runs(sys.argv[1:]):
     every = checks[1]["epoch"] - checks[0]["epoch"] if len(checks) > 1 else 1
     picks = []
     for rule in RULES.values():
-        e = rule(checks, auto_tau(sel), sel["min_clean_acc"])
+        e = rule(checks, auto_tau(sel), sel["min_clean_acc"], sel["margin"])
         picks.append("n/a" if e == "n/a" else f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
     last = max(tests)
     best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))

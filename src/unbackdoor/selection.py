@@ -16,10 +16,10 @@ attacker's target), D_c, and clean dev rows. So:
 
 tau="auto" is (1 - the victim's clean accuracy) + margin: a model without a backdoor predicts the
 target for a triggered row of another class about as often as it errs on clean rows.
-tau="clean_pull" (opt-in: it beat auto on replay, not on three fresh full-data cells) is, at each check, the *current* model's share of
-clean rows of the other classes it predicts as the flagged label + margin: the held-out rate rises and falls
-with the model's own lean to the target, and a fixed tau then picks an epoch where the model leans away
-(experiments/rga-drift/README.md, the `corrected` replay).
+tau="clean_pull" (opt-in: it beat auto on replay, not on three fresh full-data cells) is, at each check, the
+*current* model's share of clean rows of the other classes it predicts as the flagged label + margin: the
+held-out rate rises and falls with the model's own lean to the target, and a fixed tau then picks an epoch
+where the model leans away (experiments/rga-drift/README.md, the `corrected` replay).
 
 Nothing here reads a triggered dev or test set; tests/test_selection.py enforces it.
 """
@@ -78,6 +78,11 @@ class SelectConfig(Settings):
 
 
 # ---------------------------------------------------------------- the rule, on numbers alone
+
+def auto_tau(victim: dict, margin: float) -> float:
+    """tau="auto": the victim's clean error + margin."""
+    return 1 - victim["clean_acc"] + margin
+
 
 def threshold(stats: dict, tau, margin: float) -> float:
     """The held-out rate a check must not exceed: tau itself, or with tau="clean_pull" the checked model's
@@ -206,11 +211,11 @@ class Selector:
     def start(self, model, accelerator=None) -> None:
         """The victim's statistics, before any update (the loop calls this before restoring a checkpoint)."""
         self.victim = self.statistics(model, accelerator)
-        err = 1 - self.victim["clean_acc"]
         if self.cfg.tau == "clean_pull" and "clean_target_rate" not in self.victim:
             raise ConfigError(f"select.tau=clean_pull: the {len(self.clean)} clean rows have no class other than the "
                               "flagged label, so there is no clean pull to measure; use tau=auto or a number")
-        self.tau = err + self.cfg.margin if self.cfg.tau == "auto" else self.cfg.tau  # a share, or "clean_pull"
+        # A share, or "clean_pull" (resolved at each check by threshold()).
+        self.tau = auto_tau(self.victim, self.cfg.margin) if self.cfg.tau == "auto" else self.cfg.tau
         self.min_acc = self.victim["clean_acc"] - self.cfg.max_acc_drop
         at_start = threshold(self.victim, self.tau, self.cfg.margin)
         if self.victim["heldout_target_rate"] <= at_start and _main(accelerator):
