@@ -41,5 +41,6 @@ def main(spread: Path, full: Path, seed: int) -> None:
         print(f"| {attack_dir.name} | {grid['cacc']:.1f} / {grid['pacc']:.1f} | {others or 'not run'} | "
               f"{cp(long) if long else 'not run'} | {cp(rga)} | {abs(rga['pacc'] - grid['pacc']):.2f} / {d_long} |")
 
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
