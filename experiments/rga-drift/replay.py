@@ -13,7 +13,8 @@ Rules:
   confirm2   the second of two consecutive qualifying checks (one noisy check cannot decide)
   corrected  select.tau=clean_pull: the first check whose held-out rate exceeds the model's own clean pull to the
              target (clean_target_rate, recorded since revision cd600b7) by at most the run's select.margin
-             (recorded with its statistics), with clean accuracy >= the floor: the rate against the model's lean, not the victim's error
+             (recorded with its statistics), with clean accuracy >= the floor: the rate against the model's lean,
+             not the victim's error
 
 usage: python replay.py RESULTS_DIR [RESULTS_DIR ...]
 """
@@ -22,7 +23,8 @@ import json
 import sys
 from pathlib import Path
 
-from unbackdoor.selection import auto_tau as package_auto_tau, first_qualifying, qualifies, threshold
+from unbackdoor.selection import auto_tau, first_qualifying, qualifies, threshold
+
 
 def first(checks, tau, floor, margin):
     return first_qualifying(checks, tau, floor, margin=margin)[0]  # the package's rule itself, not a copy of it
@@ -60,9 +62,9 @@ def runs(roots):
             yield root, path, d, tests, rt
 
 
-def auto_tau(sel: dict) -> float:
+def shipped_tau(sel: dict) -> float:
     # A run made with tau=clean_pull recorded no fixed tau: the shipped rule's, from its recorded victim.
-    return sel["tau"] if not isinstance(sel["tau"], str) else package_auto_tau(sel["victim"], sel["margin"])
+    return sel["tau"] if not isinstance(sel["tau"], str) else auto_tau(sel["victim"], sel["margin"])
 
 
 def label(root, path) -> str:
@@ -81,7 +83,7 @@ def every_epoch(roots) -> None:
         if not all("clean_target_rate" in c for c in sel["epochs"]):
             continue
         cols = []
-        for tau in (auto_tau(sel), "clean_pull"):
+        for tau in (shipped_tau(sel), "clean_pull"):
             e = first_qualifying(sel["epochs"], tau, sel["min_clean_acc"], margin=sel["margin"])[0]
             if e is None:
                 cols.append("none")
@@ -104,7 +106,7 @@ for root, path, d, tests, rt in runs(sys.argv[1:]):
     every = checks[1]["epoch"] - checks[0]["epoch"] if len(checks) > 1 else 1
     picks = []
     for rule in RULES.values():
-        e = rule(checks, auto_tau(sel), sel["min_clean_acc"], sel["margin"])
+        e = rule(checks, shipped_tau(sel), sel["min_clean_acc"], sel["margin"])
         picks.append("n/a" if e == "n/a" else f"{e} ({score(tests[e], rt)})" if e is not None else "none: last kept")
     last = max(tests)
     best = min(tests, key=lambda e: abs(tests[e]["pacc"] - rt["pacc"]))
